@@ -1,0 +1,1 @@
+"""Command line and user-facing API of lvd."""
