@@ -1,0 +1,97 @@
+"""`lvd`: run the Prefect flows without a server, inspect committed stages, run the demo.
+
+    lvd curate   --config cpu-tiny [key.path=value ...]
+    lvd train    --config cpu-tiny [overrides]
+    lvd distill | evaluate | pipeline  (same shape)
+    lvd info URI                        summary of a committed stage
+    lvd demo                            serve the demo web on 127.0.0.1 and curate it end to end
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+from lvd.config import ConfigError
+
+# Subcommand -> (module with the flow, function that runs it from a loaded config).
+FLOW_COMMANDS = {
+    "curate": ("flows.curate_lvd", "run_from_cli"),
+    "train": ("flows.train_dinov2", "run_from_cli"),
+    "distill": ("flows.distill_dinov2", "run_from_cli"),
+    "evaluate": ("flows.evaluate_dinov2", "run_from_cli"),
+    "pipeline": ("flows.pipeline", "run_from_cli"),
+}
+
+
+def _quiet_prefect_defaults() -> None:
+    """Embedded runs stay on this machine: no analytics, no update checks."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+
+
+def _load_runner(command: str):
+    module_name, attr = FLOW_COMMANDS[command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name == module_name:
+            raise SystemExit(f"lvd {command}: this stage is not available in this version of lvd yet") from None
+        raise
+    return getattr(module, attr)
+
+
+def cmd_flow(args: argparse.Namespace) -> int:
+    runner = _load_runner(args.command)
+    summary = runner(args.config, args.overrides)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from lvd.info import describe_stage
+
+    print(describe_stage(args.uri))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lvd.demo import run_demo
+
+    run_demo(args.data_dir, args.config, args.overrides)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lvd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in FLOW_COMMANDS:
+        p = sub.add_parser(name, help=f"run the {name} flow without a Prefect server")
+        p.add_argument("--config", default="cpu-tiny", help="preset name (configs/NAME.yaml) or YAML path")
+        p.add_argument("overrides", nargs="*", help="dotted overrides such as crawl.concurrency=64")
+        p.set_defaults(func=cmd_flow)
+    p = sub.add_parser("info", help="print the summary of a committed stage")
+    p.add_argument("uri", help="stage URI, e.g. file://./lvd-data/lvd-demo/v1/crawl or s3://bucket/lvd/v1/shards")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("demo", help="serve the demo web on 127.0.0.1 and run the main job on it")
+    p.add_argument("--data-dir", default="lvd-data", help="where the demo web and the dataset go")
+    p.add_argument("--config", default="cpu-tiny")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_prefect_defaults()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as err:
+        print(f"lvd: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

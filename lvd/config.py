@@ -1,0 +1,115 @@
+"""Load typed configuration: YAML presets plus dotted command-line overrides.
+
+Everything ends in a pydantic model, so the same validation guards the CLI, the
+Prefect UI form and `prefect deployment run --param`. Errors name the offending
+key and what it accepts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """Resolve `cpu-tiny` to configs/cpu-tiny.yaml; a path is returned as is."""
+    path = Path(name_or_path)
+    if path.suffix in {".yaml", ".yml"} or path.exists():
+        if not path.exists():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    raise ConfigError(f"unknown preset {name_or_path!r}; known presets: {', '.join(known)}")
+
+
+def _parse_value(text: str) -> Any:
+    """Interpret an override value as YAML, so `64`, `true`, `[a, b]` and `null` work."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _fields_of(model: type[BaseModel], path: list[str]) -> type[BaseModel] | None:
+    """Return the nested model class at `path`, or None if it is not a model."""
+    current: Any = model
+    for part in path:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(part)
+        if field is None:
+            return None
+        current = field.annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str]) -> dict:
+    """Set `a.b.c=value` overrides into `data`, refusing keys the model does not have."""
+    data = dict(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.path=value")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        for depth in range(len(parts)):
+            parent = _fields_of(model, parts[:depth])
+            if parent is None:
+                raise ConfigError(f"{'.'.join(parts[:depth])!r} is not a section, so {key!r} cannot be set")
+            if parts[depth] not in parent.model_fields:
+                allowed = ", ".join(sorted(parent.model_fields))
+                where = ".".join(parts[:depth]) or "top level"
+                raise ConfigError(f"unknown key {key!r}: {where} has {allowed}")
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            node[part] = dict(child) if isinstance(child, dict) else {}
+            node = node[part]
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem: `crawl.concurrency: Input should be >= 1 (got 0)`."""
+    lines = []
+    for problem in err.errors():
+        loc = ".".join(str(p) for p in problem["loc"])
+        msg = problem["msg"]
+        if problem["type"] == "extra_forbidden":
+            msg = "unknown key"
+        got = problem.get("input")
+        shown = f" (got {got!r})" if problem["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
+        lines.append(f"{loc}: {msg}{shown}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def validate(model: type[M], data: dict) -> M:
+    """Build `model` from plain data, turning pydantic errors into a ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(model: type[M], config: str | Path | None = None, overrides: list[str] | None = None) -> M:
+    """Load a preset name or YAML file (or the model defaults) and apply overrides."""
+    data: dict = {}
+    if config is not None:
+        loaded = yaml.safe_load(preset_path(config).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config}: the top level of a config file must be a mapping")
+        data = loaded
+    data = apply_overrides(model, data, overrides or [])
+    return validate(model, data)

@@ -1,0 +1,40 @@
+"""`lvd info URI`: a committed stage's summary in a few readable lines."""
+from __future__ import annotations
+
+import json
+
+from storage.commit import read_commit
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def describe_stage(uri: str) -> str:
+    """Counts, config, input digest and bytes of the stage committed at `uri`."""
+    commit = read_commit(uri)
+    lines = [f"stage        {commit.get('stage')}", f"uri          {uri}"]
+    for key in ("committed_at", "code_version", "config_digest", "input_digest"):
+        if key in commit:
+            lines.append(f"{key:<12} {commit[key]}")
+    if "total_bytes" in commit:
+        lines.append(f"bytes        {_human_bytes(commit['total_bytes'])} in {commit.get('total_files', '?')} files")
+    counts = commit.get("counts") or {}
+    if counts:
+        lines.append("counts")
+        width = max(len(k) for k in counts)
+        lines += [f"  {k:<{width}}  {v}" for k, v in counts.items()]
+    extra = commit.get("extra") or {}
+    composition = extra.get("composition")
+    if composition:
+        lines.append("composition")
+        lines += [f"  {row}" for row in composition] if isinstance(composition, list) else [f"  {composition}"]
+    config = extra.get("config")
+    if config is not None:
+        lines.append("config")
+        lines += ["  " + line for line in json.dumps(config, indent=2, sort_keys=True).splitlines()]
+    return "\n".join(lines)

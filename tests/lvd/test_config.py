@@ -1,0 +1,72 @@
+"""Dotted overrides and error messages of the typed configuration loader."""
+from typing import Literal
+
+import pytest
+from pydantic import BaseModel, ConfigDict, Field
+
+from lvd.config import ConfigError, apply_overrides, load_config, validate
+
+
+class Inner(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    concurrency: int = Field(16, ge=1)
+    mode: Literal["fast", "safe"] = "safe"
+    hosts: list[str] = []
+
+
+class Outer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = "demo"
+    crawl: Inner = Inner()
+
+
+def test_override_sets_nested_values_with_yaml_types():
+    data = apply_overrides(Outer, {}, ["crawl.concurrency=64", "crawl.hosts=[a, b]", "name=x"])
+    cfg = validate(Outer, data)
+    assert cfg.crawl.concurrency == 64 and cfg.crawl.hosts == ["a", "b"] and cfg.name == "x"
+
+
+def test_override_keeps_sibling_values_from_the_file():
+    data = apply_overrides(Outer, {"crawl": {"mode": "fast"}}, ["crawl.concurrency=2"])
+    cfg = validate(Outer, data)
+    assert cfg.crawl.mode == "fast" and cfg.crawl.concurrency == 2
+
+
+def test_unknown_key_names_key_and_allowed_keys():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(Outer, {}, ["crawl.concurency=64"])
+    assert "crawl.concurency" in str(err.value) and "concurrency" in str(err.value)
+
+
+def test_override_into_a_scalar_is_refused():
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides(Outer, {}, ["name.first=x"])
+
+
+def test_bad_value_names_the_field_and_the_bound():
+    with pytest.raises(ConfigError) as err:
+        validate(Outer, {"crawl": {"concurrency": 0}})
+    text = str(err.value)
+    assert "crawl.concurrency" in text and "greater than or equal to 1" in text
+
+
+def test_bad_choice_lists_allowed_values():
+    with pytest.raises(ConfigError) as err:
+        validate(Outer, {"crawl": {"mode": "turbo"}})
+    assert "'fast'" in str(err.value) and "'safe'" in str(err.value)
+
+
+def test_unknown_key_in_file_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("crawl:\n  threads: 3\n")
+    with pytest.raises(ConfigError, match="crawl.threads: unknown key"):
+        load_config(Outer, path)
+
+
+def test_malformed_override_and_missing_file():
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides(Outer, {}, ["crawl.concurrency"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Outer, "/nonexistent/x.yaml")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        load_config(Outer, "no-such-preset")
