@@ -1,0 +1,1 @@
+"""Labelled and unlabelled image sources shared by training and evaluation."""

@@ -1,0 +1,1 @@
+"""Evaluation of trained backbones (k-NN, linear probes, reports)."""
