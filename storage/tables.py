@@ -1,0 +1,100 @@
+"""Parquet tables with explicit schemas, written atomically.
+
+Each stage's tables have a schema in :data:`SCHEMAS` (``"<stage>.<table>"``); writing
+checks rows against it, so a missing column, an extra column or a null in a
+non-nullable field is an error at the writer rather than a surprise downstream.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from storage.uri import _local_temp_name, open_fs, open_input, put_file_atomic, scheme_of
+
+SCHEMAS: dict[str, pa.Schema] = {
+    # One row per WebDataset shard of a stage; a wids index is derived from it.
+    "shards.manifest": pa.schema(
+        [
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("name", pa.string(), nullable=False),
+            pa.field("nsamples", pa.int64(), nullable=False),
+            pa.field("nbytes", pa.int64(), nullable=False),
+            pa.field("sha256", pa.string(), nullable=False),
+            pa.field("md5", pa.string(), nullable=False),
+        ]
+    ),
+}
+
+
+def _rows_to_table(uri: str, rows: list[dict], schema: pa.Schema) -> pa.Table:
+    expected = set(schema.names)
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"{uri}: row {i} is a {type(row).__name__}, not a dict")
+        keys = set(row)
+        if keys != expected:
+            missing, extra = sorted(expected - keys), sorted(keys - expected)
+            raise ValueError(f"{uri}: row {i} does not match the schema (missing {missing}, unexpected {extra})")
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, TypeError) as exc:
+        raise ValueError(f"{uri}: rows do not fit the schema: {exc}") from exc
+
+
+def conform(uri: str, table: pa.Table | list[dict], schema: pa.Schema) -> pa.Table:
+    """``table`` as exactly ``schema`` (column order, types, non-null fields), or a clear error."""
+    if not isinstance(schema, pa.Schema):
+        raise TypeError(f"{uri}: schema must be a pyarrow.Schema, got {type(schema).__name__}")
+    if isinstance(table, list):
+        table = _rows_to_table(uri, table, schema)
+    elif isinstance(table, pa.Table):
+        names = set(table.column_names)
+        if names != set(schema.names) or len(table.column_names) != len(schema.names):
+            raise ValueError(
+                f"{uri}: columns {sorted(table.column_names)} do not match the schema's {sorted(schema.names)}"
+            )
+        try:
+            table = table.select(schema.names).cast(schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"{uri}: table does not fit the schema: {exc}") from exc
+    else:
+        raise TypeError(f"{uri}: expected a pyarrow.Table or a list of dicts, got {type(table).__name__}")
+    for fld in schema:
+        if not fld.nullable and table.column(fld.name).null_count:
+            raise ValueError(f"{uri}: column {fld.name!r} is not nullable but holds {table.column(fld.name).null_count} nulls")
+    return table
+
+
+def write_table(uri: str, table: pa.Table | list[dict], schema: pa.Schema) -> None:
+    """Check ``table`` against ``schema`` and write it as Parquet; readers never see a partial file."""
+    table = conform(uri, table, schema)
+    _, path = open_fs(uri)
+    if scheme_of(uri) == "file":
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = _local_temp_name(path)
+        try:
+            pq.write_table(table, tmp, compression="zstd")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    with tempfile.NamedTemporaryFile(suffix=".parquet", dir=os.environ.get("LVD_SPOOL_DIR")) as spool:
+        pq.write_table(table, spool.name, compression="zstd")
+        put_file_atomic(spool.name, uri)
+
+
+def read_table(uri: str, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a Parquet table; with ``schema``, also check it was written with that schema."""
+    with open_input(uri) as f:
+        try:
+            table = pq.read_table(f)
+        except pa.ArrowInvalid as exc:
+            raise ValueError(f"{uri}: not a readable Parquet file ({exc})") from exc
+    if schema is not None and not table.schema.equals(schema, check_metadata=False):
+        raise ValueError(f"{uri}: schema {table.schema} differs from the expected {schema}")
+    return table
