@@ -185,6 +185,9 @@ class ShardWriter:
     def abort(self) -> None:
         """Drop everything written; ``uri`` is left as it was."""
         self._closed = True
+        # keep tarfile from writing its end blocks into the discarded file when collected
+        self._tar.closed = True
+        self._tar.fileobj.closed = True
         self._discard_tmp()
 
     def _discard_tmp(self) -> None:
