@@ -1,0 +1,1 @@
+"""DINOv2 pretraining: config, data, meta-architecture driver, loop, checkpoints, launcher."""

@@ -1,0 +1,205 @@
+"""Typed configuration of one DINOv2 pretraining run.
+
+Recipes differ only in values (presets in configs/*.yaml under ``train:``), never in code:
+the ImageNet-1k recipe is softmax centering with one head shared by DINO and iBOT; the
+ViT-L/g recipes are Sinkhorn-Knopp with a separate iBOT head. Every schedule is given in
+fractions of the run, so a 300-step CPU run and a 625k-iteration run use the same shapes
+(see DESIGN "Collapse": schedules in absolute epochs make short runs collapse).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Arch = Literal["vit_pico", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Section):
+    """The student/teacher backbone."""
+
+    arch: Arch = Field("vit_small", description="ViT preset from models.vit.")
+    patch_size: int = Field(14, ge=2, le=32, description="Patch size in pixels.")
+    num_register_tokens: int = Field(0, ge=0, le=16, description="Register tokens (0 = none, 4 for _reg4).")
+    ffn_layer: Literal["preset", "mlp", "swiglu"] = Field(
+        "preset", description="Feed-forward type of every block ('preset': the architecture's own)."
+    )
+    layerscale: float = Field(1e-5, ge=0, le=1, description="LayerScale init value (0 disables LayerScale).")
+    drop_path_rate: float | None = Field(
+        None, ge=0, lt=1, description="Student stochastic depth rate (None: the preset's; the teacher has none)."
+    )
+    drop_path_uniform: bool = Field(True, description="Same drop rate in every block instead of a linear ramp.")
+    efficient_drop_path: bool = Field(
+        True, description="Compute dropped residual branches only on the kept subset of samples."
+    )
+    pack_crops: bool = Field(True, description="Run global and local crops through the blocks as one packed sequence.")
+
+
+class CropsConfig(_Section):
+    """Multi-crop augmentation."""
+
+    global_crops_size: int = Field(224, ge=8, le=1024, description="Side of the 2 global crops (px).")
+    local_crops_size: int = Field(98, ge=4, le=512, description="Side of the local crops (px).")
+    local_crops_number: int = Field(8, ge=0, le=16, description="Local crops per image.")
+    global_crops_scale: tuple[float, float] = Field((0.32, 1.0), description="Area fraction range of global crops.")
+    local_crops_scale: tuple[float, float] = Field((0.05, 0.32), description="Area fraction range of local crops.")
+    blur: Literal["paper", "official"] = Field(
+        "paper",
+        description="'paper': blur p=1.0/0.1/0.5 (global 1/global 2/local); 'official': the released code's "
+        "inverted behaviour (never/0.9/0.5).",
+    )
+
+    @model_validator(mode="after")
+    def _scales_ordered(self) -> "CropsConfig":
+        for name in ("global_crops_scale", "local_crops_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must satisfy 0 < min <= max <= 1, got {(lo, hi)}")
+        return self
+
+
+class LossConfig(_Section):
+    """Objectives, heads and teacher centering (the recipe)."""
+
+    centering: Literal["softmax", "sinkhorn_knopp"] = Field(
+        "softmax", description="Teacher target normalisation: EMA softmax centering or Sinkhorn-Knopp."
+    )
+    sinkhorn_iterations: int = Field(3, ge=1, le=20, description="Sinkhorn-Knopp iterations.")
+    center_momentum: float = Field(0.9, ge=0, lt=1, description="EMA momentum of the softmax center.")
+    student_temp: float = Field(0.1, gt=0, le=1, description="Student softmax temperature.")
+    dino_weight: float = Field(1.0, ge=0, description="Weight of the DINO (CLS) loss.")
+    dino_prototypes: int = Field(65536, ge=2, le=1 << 18, description="K, prototypes of the DINO head.")
+    head_hidden_dim: int = Field(2048, ge=8, le=16384, description="Hidden width of the head MLPs.")
+    head_bottleneck_dim: int = Field(256, ge=4, le=2048, description="Bottleneck width of the DINO head.")
+    head_nlayers: int = Field(3, ge=1, le=5, description="Linear layers in each head MLP.")
+    ibot_weight: float = Field(1.0, ge=0, description="Weight of the iBOT masked-patch loss (0 disables it).")
+    ibot_separate_head: bool = Field(False, description="Separate iBOT head (L/g recipe) instead of sharing the DINO head.")
+    ibot_prototypes: int = Field(65536, ge=2, le=1 << 18, description="Prototypes of a separate iBOT head.")
+    ibot_bottleneck_dim: int = Field(256, ge=4, le=2048, description="Bottleneck of a separate iBOT head.")
+    mask_ratio: tuple[float, float] = Field((0.1, 0.5), description="Range of patch fractions masked per image.")
+    mask_probability: float = Field(0.5, ge=0, le=1, description="Fraction of global crops that get a mask.")
+    koleo_weight: float = Field(0.1, ge=0, description="Weight of KoLeo on the student's global-crop CLS.")
+
+    @model_validator(mode="after")
+    def _mask_ratio_ordered(self) -> "LossConfig":
+        lo, hi = self.mask_ratio
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(f"mask_ratio must satisfy 0 <= min <= max < 1, got {self.mask_ratio}")
+        return self
+
+
+class OptimConfig(_Section):
+    """AdamW, schedules (fractions of the run) and parameter groups."""
+
+    total_steps: int = Field(1000, ge=1, description="Optimiser steps of the whole run.")
+    batch_size_per_rank: int = Field(64, ge=2, le=4096, description="Images per process per step (>= 2 for KoLeo).")
+    base_lr: float = Field(4e-3, gt=0, le=1, description="Peak LR before scaling by sqrt(global batch / 1024).")
+    lr_scaling: Literal["sqrt_wrt_1024", "none"] = Field("sqrt_wrt_1024", description="How the peak LR follows the batch.")
+    min_lr: float = Field(1e-6, ge=0, description="LR at the end of the cosine.")
+    warmup_fraction: float = Field(0.1, ge=0, le=1, description="Linear LR warmup, fraction of the run.")
+    weight_decay: float = Field(0.04, ge=0, le=1, description="Weight decay at the start (cosine).")
+    weight_decay_end: float = Field(0.4, ge=0, le=1, description="Weight decay at the end.")
+    adamw_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adamw_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    layerwise_decay: float = Field(0.9, gt=0, le=1, description="LR multiplier per block towards the input.")
+    patch_embed_lr_mult: float = Field(0.2, ge=0, le=1, description="Extra LR multiplier of the patch embedding.")
+    clip_grad: float = Field(3.0, ge=0, description="Gradient-norm clip per module (0 disables).")
+    freeze_last_layer_fraction: float = Field(
+        0.01, ge=0, le=1, description="Fraction of the run with the prototype layers' LR at 0."
+    )
+    momentum_teacher: float = Field(0.992, ge=0, le=1, description="Teacher EMA momentum at the start (cosine).")
+    momentum_teacher_end: float = Field(1.0, ge=0, le=1, description="Teacher EMA momentum at the end.")
+    teacher_temp: float = Field(0.07, gt=0, le=1, description="Teacher temperature after its warmup.")
+    warmup_teacher_temp: float = Field(0.04, gt=0, le=1, description="Teacher temperature at the start.")
+    warmup_teacher_temp_fraction: float = Field(
+        0.3, ge=0, le=1, description="Linear teacher-temperature warmup, fraction of the run."
+    )
+
+
+class CheckpointConfig(_Section):
+    """When checkpoints are written."""
+
+    every_steps: int = Field(1000, ge=1, description="Write a checkpoint every this many steps (and at the end).")
+    keep: int = Field(2, ge=1, le=100, description="Most recent checkpoints kept.")
+
+
+class EvalConfig(_Section):
+    """k-NN evaluation during and after training (DINOv2 protocol) on a labelled set."""
+
+    knn_every_steps: int = Field(0, ge=0, description="Run k-NN every this many steps (0: only at the end).")
+    knn_dataset: Literal["fashion-mnist", "none"] = Field("fashion-mnist", description="Labelled set for k-NN.")
+    knn_train_size: int = Field(10000, ge=10, le=60000, description="Labelled reference images (balanced subset).")
+    knn_test_size: int = Field(2000, ge=10, le=10000, description="Query images (balanced subset of the test split).")
+    knn_ks: tuple[int, ...] = Field((10, 20, 100, 200), min_length=1, description="Neighbour counts.")
+    knn_temperature: float = Field(0.07, gt=0, le=10, description="Vote weight exp(similarity / T).")
+    image_size: int | None = Field(None, ge=8, le=1024, description="Eval resolution (default: global crop size).")
+
+
+class DataConfig(_Section):
+    """Where the training images come from and how they are read."""
+
+    source: str = Field(
+        "fashion-mnist",
+        min_length=1,
+        description="Committed shards stage URI (file:// or s3://, holding manifest.parquet), an image folder, "
+        "or 'fashion-mnist'.",
+    )
+    kind: Literal["auto", "shards", "image_folder", "fashion_mnist"] = Field(
+        "auto", description="Source type; 'auto' infers it from the URI."
+    )
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per rank.")
+    shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="Samples held for shuffling within shards.")
+
+
+class TrainConfig(_Section):
+    """One pretraining run: model, crops, recipe, optimisation, precision, cadences, data."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Backbone.")
+    crops: CropsConfig = Field(default_factory=CropsConfig, description="Multi-crop augmentation.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Objectives, heads and centering.")
+    optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedules.")
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoint cadence.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="k-NN evaluation.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Training data source.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Compute precision: 'auto' is bf16 autocast on GPU and fp32 on CPU."
+    )
+    seed: int = Field(0, ge=0, description="Seed of weights, data order, crops and masks.")
+    nproc: int = Field(1, ge=1, le=1024, description="Processes (GPUs, or CPU processes with gloo) for the run.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device: 'auto' picks CUDA when present.")
+    log_every_steps: int = Field(1, ge=1, description="Metrics rows are written every this many steps.")
+
+    def global_batch(self, world_size: int) -> int:
+        return self.optim.batch_size_per_rank * world_size
+
+    def peak_lr(self, world_size: int) -> float:
+        """Base LR scaled by sqrt(global batch / 1024) (the official scaling rule)."""
+        if self.optim.lr_scaling == "none":
+            return self.optim.base_lr
+        return self.optim.base_lr * (self.global_batch(world_size) / 1024) ** 0.5
+
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read the ``train:`` section of a YAML preset (the rest of the file belongs to other stages)."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    section = data.get("train", data) if isinstance(data, dict) else None
+    if not isinstance(section, dict):
+        raise ValueError(f"{path}: no 'train' mapping")
+    cfg = TrainConfig.model_validate(section)
+    if overrides:
+        cfg = TrainConfig.model_validate(_deep_merge(cfg.model_dump(), overrides))
+    return cfg
+
+
+def _deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,366 @@
+"""Training data: an endless, seeded, resumable stream of augmented and collated batches.
+
+Every source is a list of *shards* (committed WebDataset tars of curate-lvd, chunks of an image
+folder, chunks of Fashion-MNIST). Each epoch permutes the shards and, within each shard, the
+samples, both from (seed, epoch, shard), so the order is a pure function of the seed. The stream
+is split over ``world_size x num_workers`` slots: shards are dealt round-robin to slots when
+there are enough of them, otherwise each slot takes every n-th sample of every shard.
+
+A slot's position is (epoch, shard index in its list, sample offset in the permuted shard). Each
+batch carries the position after it, and :class:`ResumableLoader` keeps the positions of the
+batches actually consumed, so a checkpoint resumes the exact sample order (and, since crop and
+mask randomness is seeded from the position, the exact crops and masks).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+SampleTransform = Callable[[Image.Image, torch.Generator], Any]
+BatchCollate = Callable[[list, torch.Generator], dict]
+
+_CHUNK = 1000  # samples per virtual shard of in-memory and folder sources
+
+
+# ---- sources --------------------------------------------------------------------------------
+
+
+class Source:
+    """A list of shards, each readable as a list of ``(key, PIL image)`` in file order."""
+
+    name: str = "source"
+
+    def shard_sizes(self) -> list[int]:
+        raise NotImplementedError
+
+    def read_shard(self, index: int) -> list[tuple[str, Any]]:
+        """Raw samples (not yet decoded) of shard ``index``."""
+        raise NotImplementedError
+
+    def decode(self, raw: Any) -> Image.Image:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return sum(self.shard_sizes())
+
+
+class ShardsSource(Source):
+    """Committed curate-lvd shards: ``{stage}/manifest.parquet`` lists tar URLs (file:// or s3://)."""
+
+    name = "shards"
+
+    def __init__(self, stage_uri: str, verify: bool = False) -> None:
+        from storage.shards import manifest_shards
+
+        self.stage_uri = stage_uri
+        self.shards = [s for s in manifest_shards(stage_uri) if s.nsamples > 0]
+        if not self.shards:
+            raise ValueError(f"{stage_uri}: the manifest lists no samples")
+        self.verify = verify
+
+    def shard_sizes(self) -> list[int]:
+        return [s.nsamples for s in self.shards]
+
+    def read_shard(self, index: int) -> list[tuple[str, Any]]:
+        from storage.shards import iter_samples
+
+        info = self.shards[index]
+        out = []
+        for key, fields in iter_samples(info.url, expected_sha256=info.sha256 if self.verify else None):
+            image = next((fields[e] for e in ("jpg", "jpeg", "png", "webp") if e in fields), None)
+            if image is not None:
+                out.append((key, image))
+        return out
+
+    def decode(self, raw: bytes) -> Image.Image:
+        with Image.open(io.BytesIO(raw)) as im:
+            return im.convert("RGB")
+
+
+class ImageFolderSource(Source):
+    """Every image file below a local directory, in sorted order, chunked into virtual shards."""
+
+    name = "image_folder"
+
+    def __init__(self, root: str) -> None:
+        from tasks.datasets.image_folder import list_images
+
+        self.root = root.removeprefix("file://")
+        self.files = list_images(self.root)
+
+    def shard_sizes(self) -> list[int]:
+        return _chunk_sizes(len(self.files))
+
+    def read_shard(self, index: int) -> list[tuple[str, Any]]:
+        names = self.files[index * _CHUNK : (index + 1) * _CHUNK]
+        return [(n, f"{self.root}/{n}") for n in names]
+
+    def decode(self, raw: str) -> Image.Image:
+        with Image.open(raw) as im:
+            return im.convert("RGB")
+
+
+class FashionMnistSource(Source):
+    """The Fashion-MNIST train split (60k 28x28 grayscale), labels ignored."""
+
+    name = "fashion_mnist"
+
+    def __init__(self, split: str = "train", limit: int | None = None) -> None:
+        from tasks.datasets import fashion_mnist
+
+        data = fashion_mnist.load(split)
+        self.images = data.images if limit is None else data.images[:limit]
+
+    def shard_sizes(self) -> list[int]:
+        return _chunk_sizes(len(self.images))
+
+    def read_shard(self, index: int) -> list[tuple[str, Any]]:
+        start = index * _CHUNK
+        return [(str(start + i), img) for i, img in enumerate(self.images[start : start + _CHUNK])]
+
+    def decode(self, raw: np.ndarray) -> Image.Image:
+        return Image.fromarray(raw, mode="L").convert("RGB")
+
+
+def _chunk_sizes(n: int) -> list[int]:
+    return [min(_CHUNK, n - s) for s in range(0, n, _CHUNK)]
+
+
+def open_source(uri: str, kind: str = "auto") -> Source:
+    """The source named by a URI: ``fashion-mnist[:test]``, an image folder, or a shards stage."""
+    if kind == "auto":
+        if uri.startswith("fashion-mnist"):
+            kind = "fashion_mnist"
+        elif uri.startswith("s3://") or _has_manifest(uri):
+            kind = "shards"
+        else:
+            kind = "image_folder"
+    if kind == "fashion_mnist":
+        split = uri.split(":", 1)[1] if ":" in uri else "train"
+        return FashionMnistSource(split)
+    if kind == "shards":
+        return ShardsSource(uri)
+    if kind == "image_folder":
+        return ImageFolderSource(uri)
+    raise ValueError(f"unknown data source kind {kind!r}")
+
+
+def _has_manifest(uri: str) -> bool:
+    from storage.shards import MANIFEST_FILE
+    from storage.uri import exists, join
+
+    return exists(join(uri, MANIFEST_FILE))
+
+
+# ---- order ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a slot's stream stands: next sample is ``offset`` of shard ``shard`` of ``epoch``."""
+
+    epoch: int = 0
+    shard: int = 0
+    offset: int = 0
+
+
+def _mix(*values: int) -> int:
+    """A 63-bit seed from several integers (SplitMix64 steps), stable across processes."""
+    x = 0x9E3779B97F4A7C15
+    for v in values:
+        x = (x ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        x ^= x >> 31
+    return x & 0x7FFFFFFFFFFFFFFF
+
+
+def _perm(n: int, *seed: int) -> np.ndarray:
+    return np.random.default_rng(_mix(*seed)).permutation(n)
+
+
+@dataclass(frozen=True)
+class SlotPlan:
+    """One epoch of one slot: (shard id, sample indices in that shard) in reading order."""
+
+    shards: list[tuple[int, np.ndarray]]
+
+
+def plan_epoch(sizes: Sequence[int], seed: int, epoch: int, slot: int, n_slots: int, shuffle: bool = True) -> SlotPlan:
+    """Which samples ``slot`` reads in ``epoch``, in order (disjoint over slots, covering all)."""
+    order = _perm(len(sizes), seed, epoch, -1) if shuffle else np.arange(len(sizes))
+    plan = []
+    if len(sizes) >= n_slots:
+        for sid in order[slot::n_slots]:
+            idx = _perm(sizes[sid], seed, epoch, sid) if shuffle else np.arange(sizes[sid])
+            plan.append((int(sid), idx))
+    else:
+        # Too few shards to deal out: every slot reads every shard, taking every n-th sample of a
+        # running count, so slots stay disjoint and balanced.
+        count = 0
+        for sid in order:
+            idx = _perm(sizes[sid], seed, epoch, sid) if shuffle else np.arange(sizes[sid])
+            take = (np.arange(count, count + len(idx)) % n_slots) == slot
+            count += len(idx)
+            if take.any():
+                plan.append((int(sid), idx[take]))
+    return SlotPlan(plan)
+
+
+def iter_slot(
+    source: Source, seed: int, slot: int, n_slots: int, start: Position, shuffle: bool = True
+) -> Iterator[tuple[str, Any, Position, Position]]:
+    """Endless ``(key, raw, position of this sample, position after it)`` for one slot."""
+    sizes = source.shard_sizes()
+    epoch, shard_pos, offset = start.epoch, start.shard, start.offset
+    while True:
+        plan = plan_epoch(sizes, seed, epoch, slot, n_slots, shuffle).shards
+        if not any(len(idx) for _, idx in plan):
+            raise ValueError(f"data slot {slot} of {n_slots} gets no samples from {len(source)} images")
+        for k in range(shard_pos, len(plan)):
+            sid, idx = plan[k]
+            if offset >= len(idx):
+                offset = 0
+                continue
+            samples = source.read_shard(sid)
+            if len(samples) != sizes[sid]:
+                raise ValueError(f"shard {sid} holds {len(samples)} samples, expected {sizes[sid]}")
+            for j in range(offset, len(idx)):
+                key, raw = samples[idx[j]]
+                here = Position(epoch, k, j)
+                after = Position(epoch, k, j + 1) if j + 1 < len(idx) else Position(epoch, k + 1, 0)
+                yield key, raw, here, after
+            offset = 0
+        epoch, shard_pos, offset = epoch + 1, 0, 0
+
+
+# ---- batches --------------------------------------------------------------------------------
+
+
+class SSLBatches(IterableDataset):
+    """Endless collated batches of one rank; each DataLoader worker serves one slot.
+
+    Yields ``(batch dict, {"role": worker role, "position": position after this batch})``.
+    Crop randomness of a sample and mask randomness of a batch come from generators seeded by
+    their position, so a resumed stream reproduces them.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        transform: SampleTransform,
+        collate: BatchCollate,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        positions: dict[int, Position] | None = None,
+        role_offset: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source, self.transform, self.collate = source, transform, collate
+        self.batch_size, self.seed = batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.n_roles = max(1, num_workers)
+        self.positions = positions or {}
+        self.role_offset = role_offset
+        self.shuffle = shuffle
+
+    def role_of_worker(self, worker_id: int) -> int:
+        return (worker_id + self.role_offset) % self.n_roles
+
+    def __iter__(self):
+        info = get_worker_info()
+        role = self.role_of_worker(info.id if info is not None else 0)
+        slot = self.rank * self.n_roles + role
+        n_slots = self.world_size * self.n_roles
+        stream = iter_slot(
+            self.source, self.seed, slot, n_slots, self.positions.get(role, Position()), self.shuffle
+        )
+        while True:
+            samples, first = [], None
+            for _ in range(self.batch_size):
+                key, raw, here, after = next(stream)
+                first = first or here
+                g = torch.Generator().manual_seed(_mix(self.seed, slot, here.epoch, here.shard, here.offset))
+                samples.append(self.transform(self.source.decode(raw), g))
+            g = torch.Generator().manual_seed(_mix(self.seed, slot, first.epoch, first.shard, first.offset, 1))
+            yield self.collate(samples, g), {"role": role, "position": after}
+
+
+class ResumableLoader:
+    """A DataLoader over :class:`SSLBatches` that remembers what was consumed.
+
+    ``state_dict()`` is small plain data for the checkpoint; passing it back as ``state``
+    continues with the batch that would have come next.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        transform: SampleTransform,
+        collate: BatchCollate,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        state: dict | None = None,
+        shuffle: bool = True,
+    ) -> None:
+        self.n_roles = max(1, num_workers)
+        self.layout = {"world_size": world_size, "num_workers": self.n_roles, "batch_size": batch_size}
+        positions: dict[int, Position] = {}
+        consumed = 0
+        if state:
+            if state.get("layout") != self.layout:
+                raise ValueError(
+                    f"data position was saved for {state.get('layout')}, this run has {self.layout}; "
+                    "the exact sample order cannot be resumed"
+                )
+            positions = {int(r): Position(**p) for r, p in state["positions"].items()}
+            consumed = int(state["consumed"])
+        self.positions = dict(positions)
+        self.consumed = consumed
+        phase = consumed % self.n_roles
+        self.dataset = SSLBatches(
+            source, transform, collate, batch_size, seed, rank, world_size, num_workers, positions, phase, shuffle
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            persistent_workers=False,
+            prefetch_factor=2 if num_workers else None,
+        )
+        self._iter: Iterator | None = None
+
+    def __iter__(self) -> "ResumableLoader":
+        return self
+
+    def __next__(self) -> dict:
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        batch, meta = next(self._iter)
+        self.positions[int(meta["role"])] = meta["position"]
+        self.consumed += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {
+            "layout": dict(self.layout),
+            "consumed": self.consumed,
+            "positions": {str(r): asdict(p) for r, p in sorted(self.positions.items())},
+        }
+
+    def state_json(self) -> str:
+        return json.dumps(self.state_dict(), sort_keys=True)
