@@ -1,0 +1,53 @@
+"""Named ViT sizes and `build_vit(name, **overrides)`.
+
+The four DINOv2 sizes use the official widths and depths at patch 14. Their stochastic-depth
+rates follow the official training configs where one exists (0.3 for ViT-L in the default
+config, 0.4 for ViT-g); ViT-S/B were only ever distilled there, so they get the lighter rates
+usual for small ViTs trained from scratch (0.1 / 0.2). `vit_tiny` and `vit_pico` are CPU sizes
+for smoke runs and tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.vit import VisionTransformer
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "vit_pico": dict(embed_dim=64, depth=4, num_heads=2, drop_path_rate=0.0),
+    "vit_tiny": dict(embed_dim=192, depth=12, num_heads=3, drop_path_rate=0.1),
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.2),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
+    # 1536 wide, 24 heads of 64, SwiGLU with hidden (int(6144 * 2/3) + 7) // 8 * 8 = 4096.
+    "vit_giant2": dict(embed_dim=1536, depth=40, num_heads=24, ffn_layer="swiglufused", drop_path_rate=0.4),
+}
+
+ALIASES = {
+    "vits14": "vit_small",
+    "vitb14": "vit_base",
+    "vitl14": "vit_large",
+    "vitg14": "vit_giant2",
+    "vit_giant": "vit_giant2",
+}
+
+COMMON: dict[str, Any] = dict(
+    patch_size=14,
+    img_size=224,
+    mlp_ratio=4.0,
+    init_values=1e-5,
+    drop_path_uniform=True,
+)
+
+
+def vit_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
+    """Constructor arguments of preset `name` with `overrides` applied."""
+    key = ALIASES.get(name, name)
+    if key not in PRESETS:
+        raise KeyError(f"unknown ViT preset {name!r}; known: {sorted(PRESETS) + sorted(ALIASES)}")
+    return {**COMMON, **PRESETS[key], **overrides}
+
+
+def build_vit(name: str, **overrides: Any) -> VisionTransformer:
+    """Build preset `name` ("vit_small", "vitg14", ...), overriding any constructor argument."""
+    return VisionTransformer(**vit_kwargs(name, **overrides))
