@@ -117,7 +117,8 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
     value, argmax = x.max(dim=0)
     chroma = value - x.min(dim=0).values
     safe_chroma = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    sat = torch.where(value > 0, chroma / torch.where(value > 0, value, torch.ones_like(value)), torch.zeros_like(value))
+    safe_value = torch.where(value > 0, value, torch.ones_like(value))
+    sat = torch.where(value > 0, chroma / safe_value, torch.zeros_like(value))
     hue_r = torch.remainder((g - b) / safe_chroma, 6.0)
     hue_g = (b - r) / safe_chroma + 2.0
     hue_b = (r - g) / safe_chroma + 4.0
@@ -163,7 +164,9 @@ def solarize(x: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
     return torch.where(x >= threshold, 1.0 - x, x)
 
 
-def normalize(x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    x: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     m = torch.tensor(mean, dtype=x.dtype).view(-1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(-1, 1, 1)
     return (x - m) / s

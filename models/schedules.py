@@ -164,10 +164,10 @@ def build_param_groups(
             or (not decay_tokens and any(token in name for token in _TOKEN_NAMES))
         )
         key = (lr_mult, 0.0 if no_decay else 1.0, "last_layer" in name)
-        group = groups.setdefault(
-            key,
-            {"params": [], "param_names": [], "lr_multiplier": key[0], "wd_multiplier": key[1], "is_last_layer": key[2]},
-        )
+        if key not in groups:
+            groups[key] = {"params": [], "param_names": []}
+            groups[key].update(lr_multiplier=key[0], wd_multiplier=key[1], is_last_layer=key[2])
+        group = groups[key]
         group["params"].append(param)
         group["param_names"].append(name)
     return list(groups.values())

@@ -23,8 +23,9 @@ from models.augment import (
     to_tensor,
 )
 
-_QUIET = dict(hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0, global1_blur_p=0.0, global2_blur_p=0.0,
-              local_blur_p=0.0, solarize_p=0.0)
+_QUIET = dict(
+    hflip_p=0.0, jitter_p=0.0, grayscale_p=0.0, global1_blur_p=0.0, global2_blur_p=0.0, local_blur_p=0.0, solarize_p=0.0
+)
 
 
 def _image(h=9, w=11, seed=0):
@@ -39,13 +40,17 @@ def _pil_tensor(img):
 def test_colour_ops_match_pil_and_colorsys_references():
     img = _image()
     x = to_tensor(img)
+    def close(ours, pil_image, atol):
+        torch.testing.assert_close(ours, _pil_tensor(pil_image), atol=atol, rtol=0)
+
     for factor in (0.6, 1.3):
-        torch.testing.assert_close(adjust_brightness(x, factor), _pil_tensor(ImageEnhance.Brightness(img).enhance(factor)), atol=1 / 255 + 1e-6, rtol=0)
-        # PIL quantises the grey image to 8 bits before blending: up to ~1.2/255 apart.
-        torch.testing.assert_close(adjust_saturation(x, factor), _pil_tensor(ImageEnhance.Color(img).enhance(factor)), atol=1.5 / 255, rtol=0)
-        # PIL rounds the mean grey level to an integer first: allow that shift.
-        torch.testing.assert_close(adjust_contrast(x, factor), _pil_tensor(ImageEnhance.Contrast(img).enhance(factor)), atol=1.5 / 255, rtol=0)
-    torch.testing.assert_close(grayscale(x)[0], torch.tensor(np.asarray(img.convert("L")), dtype=torch.float32) / 255, atol=1 / 255, rtol=0)
+        close(adjust_brightness(x, factor), ImageEnhance.Brightness(img).enhance(factor), 1 / 255 + 1e-6)
+        # PIL quantises the grey image (saturation) or rounds the mean grey level (contrast) to
+        # 8 bits before blending: up to ~1.2/255 apart.
+        close(adjust_saturation(x, factor), ImageEnhance.Color(img).enhance(factor), 1.5 / 255)
+        close(adjust_contrast(x, factor), ImageEnhance.Contrast(img).enhance(factor), 1.5 / 255)
+    luma = torch.tensor(np.asarray(img.convert("L")), dtype=torch.float32) / 255
+    torch.testing.assert_close(grayscale(x)[0], luma, atol=1 / 255, rtol=0)
     torch.testing.assert_close(solarize(x), _pil_tensor(ImageOps.solarize(img, 128)))
 
     shifted = adjust_hue(x, 0.07)
@@ -55,7 +60,8 @@ def test_colour_ops_match_pil_and_colorsys_references():
             r, g, b = x[:, i, j].tolist()
             h, s, v = colorsys.rgb_to_hsv(r, g, b)
             assert hsv[:, i, j].tolist() == pytest.approx([h, s, v], abs=1e-5)
-            assert shifted[:, i, j].tolist() == pytest.approx(list(colorsys.hsv_to_rgb((h + 0.07) % 1.0, s, v)), abs=1e-5)
+            expected = colorsys.hsv_to_rgb((h + 0.07) % 1.0, s, v)
+            assert shifted[:, i, j].tolist() == pytest.approx(list(expected), abs=1e-5)
     torch.testing.assert_close(hsv_to_rgb(rgb_to_hsv(x)), x, atol=1e-5, rtol=0)
 
 

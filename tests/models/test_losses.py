@@ -86,7 +86,8 @@ def test_uniform_outputs_give_exactly_ln_k():
     loss = DINOLoss()(torch.zeros(2 * batch, k), teacher, torch.zeros(8 * batch, k))
     assert loss.item() == pytest.approx(math.log(k), abs=1e-5)
     # Constant teacher logits through either centering are uniform targets too.
-    for targets in (sinkhorn_knopp(torch.zeros(2 * batch, k), 0.04), SoftmaxCentering(k)(torch.zeros(2 * batch, k), 0.04)):
+    constant = torch.zeros(2 * batch, k)
+    for targets in (sinkhorn_knopp(constant, 0.04), SoftmaxCentering(k)(constant, 0.04)):
         torch.testing.assert_close(targets, teacher)
     masks = torch.zeros(4, 6, dtype=torch.bool)
     masks[0, :3] = True
@@ -166,7 +167,8 @@ def test_ibot_loss_matches_per_image_reference_and_ignores_padding():
     assert loss.item() == pytest.approx(ref, rel=1e-5)
     padded = torch.cat([s, torch.randn(5, k, generator=g)])
     padded_t = torch.cat([t, torch.rand(5, k, generator=g)])
-    loss_padded = IBOTPatchLoss()(padded, padded_t, weights, n_images=n_images, n_masked_patches=torch.tensor([len(flat)]))
+    n_real = torch.tensor([len(flat)])
+    loss_padded = IBOTPatchLoss()(padded, padded_t, weights, n_images=n_images, n_masked_patches=n_real)
     torch.testing.assert_close(loss_padded, loss)
 
 

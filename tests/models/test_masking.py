@@ -98,7 +98,8 @@ def test_batch_masks_deterministic_and_edge_cases():
     assert torch.equal(a[0], b[0]) and a[1] == b[1]
     none, ub = batch_masks(4, gen, mask_probability=0.0)
     assert not none.any() and ub == 0
-    full, ub = batch_masks(4, gen, mask_ratio=(0.2, 0.4), mask_probability=1.0, generator=torch.Generator().manual_seed(1))
+    rng = torch.Generator().manual_seed(1)
+    full, ub = batch_masks(4, gen, mask_ratio=(0.2, 0.4), mask_probability=1.0, generator=rng)
     edges = [0.2 + 0.05 * i for i in range(5)]
     assert ub == sum(int(49 * e) for e in edges[1:])
     assert int(full.sum()) <= ub
