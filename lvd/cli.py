@@ -30,6 +30,8 @@ def _quiet_prefect_defaults() -> None:
     """Embedded runs stay on this machine: no analytics, no update checks."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The embedded server needs more than the default 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
 
 def _load_runner(command: str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from storage.commit import read_commit
+from storage.uri import join, read_bytes
 
 
 def _human_bytes(n: float) -> str:
@@ -22,18 +23,25 @@ def describe_stage(uri: str) -> str:
         if key in commit:
             lines.append(f"{key:<12} {commit[key]}")
     if "total_bytes" in commit:
-        lines.append(f"bytes        {_human_bytes(commit['total_bytes'])} in {commit.get('total_files', '?')} files")
+        lines.append(f"bytes        {_human_bytes(commit['total_bytes'])} in {commit.get('files', '?')} files")
     counts = commit.get("counts") or {}
     if counts:
         lines.append("counts")
         width = max(len(k) for k in counts)
         lines += [f"  {k:<{width}}  {v}" for k, v in counts.items()]
-    extra = commit.get("extra") or {}
-    composition = extra.get("composition")
-    if composition:
-        lines.append("composition")
-        lines += [f"  {row}" for row in composition] if isinstance(composition, list) else [f"  {composition}"]
-    config = extra.get("config")
+    for key, value in (commit.get("extra") or {}).items():
+        lines.append(key)
+        if isinstance(value, dict):
+            width = max((len(str(k)) for k in value), default=0)
+            lines += [f"  {k:<{width}}  {v}" for k, v in value.items()]
+        elif isinstance(value, list):
+            lines += [f"  {row}" for row in value]
+        else:
+            lines.append(f"  {value}")
+    try:
+        config = json.loads(read_bytes(join(uri, "config.json")))
+    except FileNotFoundError:
+        config = None
     if config is not None:
         lines.append("config")
         lines += ["  " + line for line in json.dumps(config, indent=2, sort_keys=True).splitlines()]

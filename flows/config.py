@@ -1,0 +1,43 @@
+"""The typed parameters of the flows: one model per flow, nesting the stage models.
+
+`PipelineConfig` is what a preset YAML in configs/ holds; each flow takes the part it
+needs, so `lvd curate --config cpu-tiny` and the `curate-lvd` deployment read the same file.
+"""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from storage.config import StorageConfig
+from tasks.crawl.config import CrawlConfig
+
+
+class CurateConfig(BaseModel):
+    """curate-lvd: crawl -> dedup -> embed -> retrieve -> shards under one dataset version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage: StorageConfig = Field(default_factory=StorageConfig, description="Where the dataset lives.")
+    dataset: str = Field("lvd", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
+                         description="Dataset name: the folder under the storage root.")
+    version: str = Field("v1", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
+                         description="Dataset version; a committed version is immutable, a refresh writes a new one. "
+                         "`auto` names it after the run's scheduled start (UTC, YYYYMMDD-HHMM).")
+    inputs: list[str] = Field(
+        default_factory=list,
+        description="Crawl inputs: WARC files (.warc, .warc.gz), HTML files, or text files of page URLs "
+        "(.txt, one per line), as local paths, file:// or s3:// URIs.",
+    )
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+
+
+def curate_fields() -> set[str]:
+    return set(CurateConfig.model_fields)
+
+
+class PipelineConfig(CurateConfig):
+    """A whole preset: every stage's settings in one file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    def curate(self) -> CurateConfig:
+        return CurateConfig.model_validate(self.model_dump(include=curate_fields()))

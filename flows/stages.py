@@ -1,0 +1,83 @@
+"""Run one stage the same way everywhere: skip if committed, map parts, finalize, commit.
+
+The plain functions that do the work live in tasks/; this module only turns them into
+Prefect task runs (one per part, so Dask/Ray/Kubernetes can spread them), shows progress
+and refuses to finalize a stage while any of its parts failed. Finished parts stay marked
+in storage, so a rerun does only what is missing.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NONE
+from prefect.futures import wait
+
+from storage.commit import begin_stage, canonical_json, config_digest
+from storage.uri import join, write_bytes_atomic
+
+CONFIG_FILE = "config.json"  # the stage's settings, beside its outputs, for `lvd info` and audits
+
+
+class StageFailed(RuntimeError):
+    """Some parts of a stage failed; the finished ones are kept for the rerun."""
+
+
+def prefect_task(fn: Callable, name: str, retries: int = 0, tags: Sequence[str] = ()):
+    """A Prefect task around a plain function; results are small summaries, so no caching."""
+    return task(fn, name=name, retries=retries, retry_delay_seconds=5, cache_policy=NONE,
+                persist_result=False, tags=list(tags))
+
+
+def run_stage(
+    *,
+    stage: str,
+    stage_uri: str,
+    config: Any,
+    input_digest: str,
+    parts: list,
+    run_part: Callable[[Any], dict],
+    finalize: Callable[[list[dict]], dict],
+    part_label: Callable[[Any], str] = str,
+    part_retries: int = 1,
+) -> dict:
+    """Run `stage` into `stage_uri` and return its commit record.
+
+    `run_part(part)` must be idempotent (it returns the stored summary of a part that is
+    already done); `finalize(summaries)` merges the parts and commits the stage.
+    """
+    logger = get_run_logger()
+    digest = config_digest(config)
+    plan = begin_stage(stage_uri, stage=stage, config_digest=digest, input_digest=input_digest)
+    if plan.skip:
+        logger.info("%s: committed with the same config and input, skipping (%s)", stage, stage_uri)
+        return plan.commit
+    write_bytes_atomic(join(stage_uri, CONFIG_FILE), canonical_json(config.model_dump(mode="json")))
+    logger.info("%s: %d parts, %d already done from an earlier run", stage, len(parts), len(plan.done))
+    part_task = prefect_task(run_part, name=f"{stage}-part", retries=part_retries, tags=[f"lvd-{stage}"])
+    progress = create_progress_artifact(progress=0.0, description=f"{stage}: parts finished")
+    futures = [part_task.with_options(task_run_name=f"{stage}-{part_label(p)}").submit(p) for p in parts]
+    summaries: list[dict | None] = [None] * len(futures)
+    failures: list[str] = []
+    pending = set(range(len(futures)))
+    while pending:
+        done, _ = wait([futures[i] for i in pending], timeout=5)
+        for i in list(pending):
+            if futures[i] in done:
+                pending.discard(i)
+                state = futures[i].state
+                if state.is_completed():
+                    summaries[i] = futures[i].result()
+                else:
+                    failures.append(f"{part_label(parts[i])}: {state.message or state.type}")
+        update_progress_artifact(progress, progress=100.0 * (len(parts) - len(pending)) / max(len(parts), 1))
+    if failures:
+        raise StageFailed(
+            f"{stage}: {len(failures)} of {len(parts)} parts failed; finished parts are kept for the rerun:\n  "
+            + "\n  ".join(failures[:10])
+        )
+    commit = prefect_task(finalize, name=f"{stage}-finalize")(summaries)
+    logger.info("%s committed: %s", stage, commit.get("counts"))
+    return commit
