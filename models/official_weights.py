@@ -10,16 +10,25 @@ for the containers training checkpoints add:
 - `{"teacher": {...}}` / `{"model": {...}}` / `{"state_dict": {...}}` wrappers;
 - a `backbone.` prefix (student/teacher ModuleDicts, whose heads are dropped) or `module.` (DDP);
 - FSDP block chunks, `blocks.<chunk>.<block>.` instead of `blocks.<block>.`.
+
+`vit_from_official_state_dict` also reads the architecture off the tensor shapes, so a released
+file can be loaded without knowing which model it holds.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from models.mlp import swiglu_hidden_features
+from models.presets import PRESETS
+from models.vit import VisionTransformer
 
 _CONTAINER_KEYS = ("teacher", "model", "state_dict")
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
@@ -67,7 +76,7 @@ def project_to_official(model_or_state_dict: nn.Module | Mapping, block_chunks: 
         if chunk_size and key.startswith("blocks."):
             _, idx, rest = key.split(".", 2)
             key = f"blocks.{int(idx) // chunk_size}.{idx}.{rest}"
-        out[key] = value.detach().to("cpu", copy=True)
+        out[key] = value.detach().clone() if value.is_meta else value.detach().to("cpu", copy=True)
     return out
 
 
@@ -105,3 +114,74 @@ def load_official_weights(model: nn.Module, source: str | os.PathLike | Mapping)
     check_state_dict(model, state_dict)
     model.load_state_dict(state_dict, strict=True)
     return model
+
+
+_SHORT = {"vit_small": "s", "vit_base": "b", "vit_large": "l", "vit_giant2": "g"}
+
+
+def infer_vit_kwargs(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Any], str | None]:
+    """`VisionTransformer` arguments that fit an (official-named) backbone state dict, and the
+    preset it matches (None if none does).
+
+    Widths, depth, patch size, native grid, registers, FFN type and LayerScale come from the
+    shapes. The head count is not stored in weights: it is the matching preset's, otherwise
+    embed_dim / 64 (every DINOv2 release uses 64-wide heads). The positional-embedding resize rule
+    follows the releases: (antialias, offset 0) with registers, (no antialias, +0.1) without.
+    """
+    sd = official_to_project(state_dict)
+    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
+        if key not in sd:
+            raise OfficialWeightsError(f"not a DINOv2 backbone state dict: no {key!r}")
+    dim, in_chans, patch, _ = sd["patch_embed.proj.weight"].shape
+    depth = len({int(k.split(".")[1]) for k in sd if k.startswith("blocks.")})
+    grid = math.isqrt(sd["pos_embed"].shape[1] - 1)
+    if grid * grid != sd["pos_embed"].shape[1] - 1:
+        raise OfficialWeightsError(f"pos_embed of shape {tuple(sd['pos_embed'].shape)} is not a square grid")
+    swiglu = "blocks.0.mlp.w12.weight" in sd
+    if swiglu:
+        hidden = sd["blocks.0.mlp.w12.weight"].shape[0] // 2
+        # The width before the 2/3 rounding: 4x for every release, else whatever rounds to `hidden`.
+        mlp_ratio = 4.0 if swiglu_hidden_features(4 * dim) == hidden else hidden * 1.5 / dim
+    else:
+        hidden = sd["blocks.0.mlp.fc1.weight"].shape[0]
+        mlp_ratio = hidden / dim if int(dim * (hidden / dim)) == hidden else (hidden + 0.5) / dim
+    registers = int(sd["register_tokens"].shape[1]) if "register_tokens" in sd else 0
+    kwargs: dict[str, Any] = dict(
+        img_size=grid * patch,
+        patch_size=patch,
+        in_chans=in_chans,
+        embed_dim=dim,
+        depth=depth,
+        ffn_layer="swiglufused" if swiglu else "mlp",
+        mlp_ratio=mlp_ratio,
+        qkv_bias="blocks.0.attn.qkv.bias" in sd,
+        proj_bias="blocks.0.attn.proj.bias" in sd,
+        ffn_bias=("blocks.0.mlp.w12.bias" if swiglu else "blocks.0.mlp.fc1.bias") in sd,
+        init_values=1.0 if "blocks.0.ls1.gamma" in sd else None,
+        num_register_tokens=registers,
+        interpolate_antialias=registers > 0,
+        interpolate_offset=0.0 if registers else 0.1,
+    )
+    preset = next((n for n, p in PRESETS.items() if (p["embed_dim"], p["depth"]) == (dim, depth)), None)
+    kwargs["num_heads"] = PRESETS[preset]["num_heads"] if preset else max(dim // 64, 1)
+    return kwargs, preset
+
+
+def vit_from_official_state_dict(
+    state_dict: Mapping, name_hint: str = "", **overrides: Any
+) -> tuple[VisionTransformer, str]:
+    """Build the backbone a DINOv2 state dict describes, load it, and name it.
+
+    `overrides` replace inferred constructor arguments (e.g. `num_heads` for a custom width).
+    The name is e.g. "dinov2_vits14_reg4" for a release-shaped model (with `name_hint`, e.g. the
+    file name, appended after a colon).
+    """
+    kwargs, preset = infer_vit_kwargs(state_dict)
+    kwargs.update(overrides)
+    model = VisionTransformer(**kwargs)
+    load_official_weights(model, state_dict)
+    size = _SHORT.get(preset or "", f"_{kwargs['embed_dim']}x{kwargs['depth']}_")
+    name = f"dinov2_vit{size}{kwargs['patch_size']}"
+    if kwargs["num_register_tokens"]:
+        name += f"_reg{kwargs['num_register_tokens']}"
+    return model.eval(), f"{name}:{name_hint}" if name_hint else name

@@ -86,7 +86,7 @@ class VisionTransformer(nn.Module):
         self.packed = packed
 
         self.patch_embed = PatchEmbed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
-        h, w = _pair(img_size)
+        h, w = self.img_size = _pair(img_size)
         self.pos_grid = self.patch_embed.grid_size(h, w)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.pos_grid[0] * self.pos_grid[1], embed_dim))

@@ -6,11 +6,14 @@ import torch
 from models import hub
 from models.official_weights import (
     OfficialWeightsError,
+    infer_vit_kwargs,
     load_official_weights,
     official_to_project,
     project_to_official,
+    vit_from_official_state_dict,
 )
 from models.presets import build_vit
+from models.vit import VisionTransformer
 
 # Key names of one block and the top level of a released ViT-g/14 reg4 checkpoint (from the
 # official DINOv2 model definition: Block, MemEffAttention, SwiGLUFFNFused, LayerScale).
@@ -97,7 +100,7 @@ def test_mismatch_errors_name_the_keys():
 
 def test_hub_constructor_loads_local_file(tmp_path):
     torch.manual_seed(0)
-    model = hub.dinov2_vits14_reg()
+    model = hub.dinov2_vits14_reg(depth=2)  # release layout, fewer blocks to keep the test fast
     assert model.pos_embed.shape == (1, 1 + 37 * 37, 384) and model.register_tokens.shape == (1, 4, 384)
     assert model.interpolate_antialias and model.interpolate_offset == 0.0
     with torch.device("meta"):
@@ -105,8 +108,47 @@ def test_hub_constructor_loads_local_file(tmp_path):
     assert plain.interpolate_offset == 0.1 and not plain.interpolate_antialias
     path = tmp_path / "dinov2_vits14_reg4_pretrain.pth"
     torch.save(project_to_official(model), path)
-    loaded = hub.dinov2_vits14_reg(weights=path).eval()
+    loaded = hub.dinov2_vits14_reg(weights=path, depth=2).eval()
     images = torch.randn(1, 3, 28, 42)
     torch.testing.assert_close(loaded(images), model.eval()(images), atol=0, rtol=0)
     with pytest.raises(OfficialWeightsError, match="unexpected keys \\(1\\): register_tokens"):
         load_official_weights(plain, path)  # registers in the file, none in the model
+
+
+@pytest.mark.parametrize(
+    "make, preset, expected_name",
+    [
+        (hub.dinov2_vits14, "vit_small", "dinov2_vits14"),
+        (hub.dinov2_vitb14_reg, "vit_base", "dinov2_vitb14_reg4"),
+        (hub.dinov2_vitl14, "vit_large", "dinov2_vitl14"),
+        (hub.dinov2_vitg14_reg, "vit_giant2", "dinov2_vitg14_reg4"),
+    ],
+)
+def test_architecture_inferred_from_release_shapes(make, preset, expected_name):
+    with torch.device("meta"):
+        release = make()
+        kwargs, found = infer_vit_kwargs(project_to_official(release))
+        rebuilt = VisionTransformer(**kwargs)
+    assert found == preset
+    shapes = {k: v.shape for k, v in release.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    for attr in ("img_size", "num_heads", "num_register_tokens", "interpolate_antialias", "interpolate_offset"):
+        assert getattr(rebuilt, attr) == getattr(release, attr), attr
+    assert type(rebuilt.blocks[0].mlp) is type(release.blocks[0].mlp)
+
+
+@pytest.mark.parametrize("registers, ffn", [(0, "mlp"), (2, "swiglufused")])
+def test_vit_from_official_state_dict_round_trip(registers, ffn):
+    source = tiny(num_register_tokens=registers, ffn_layer=ffn)
+    model, name = vit_from_official_state_dict(project_to_official(source), name_hint="pico.pth")
+    assert name == ("dinov2_vit_64x4_14" + ("_reg2" if registers else "") + ":pico.pth")
+    assert model.num_heads == 2 and model.img_size == (56, 56)  # heads of the same-size preset
+    images = torch.randn(2, 3, 56, 56)  # native grid: the resize rule plays no part
+    torch.testing.assert_close(model(images), source(images), atol=0, rtol=0)
+    # Release conventions are assumed for resizing; this project's own rule is an override away.
+    assert (model.interpolate_antialias, model.interpolate_offset) == ((True, 0.0) if registers else (False, 0.1))
+    ours, _ = vit_from_official_state_dict(project_to_official(source), interpolate_antialias=True, interpolate_offset=0.0)
+    small = torch.randn(2, 3, 28, 42)
+    torch.testing.assert_close(ours(small), source(small), atol=0, rtol=0)
+    custom, _ = vit_from_official_state_dict(project_to_official(source), num_heads=4)
+    assert custom.num_heads == 4 and not torch.allclose(custom(images), source(images))
