@@ -108,6 +108,11 @@ def test_dino_loss_is_safe_under_bf16_autocast():
         loss = DINOLoss()(s_global, teacher, s_local)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     torch.testing.assert_close(loss, DINOLoss()(s_global.float(), teacher, s_local.float()))
+    weights = torch.full((4,), 0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ibot = IBOTPatchLoss()(s_global, teacher, weights, n_images=4)
+    assert ibot.dtype == torch.float32
+    torch.testing.assert_close(ibot, IBOTPatchLoss()(s_global.float(), teacher, weights, n_images=4))
 
 
 def test_sinkhorn_matches_reference_and_balances():
