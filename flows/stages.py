@@ -13,7 +13,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
-from prefect.futures import wait
+from prefect.futures import as_completed
 
 from storage.commit import begin_stage, canonical_json, config_digest
 from storage.uri import join, write_bytes_atomic
@@ -59,20 +59,16 @@ def run_stage(
     part_task = prefect_task(run_part, name=f"{stage}-part", retries=part_retries, tags=[f"lvd-{stage}"])
     progress = create_progress_artifact(progress=0.0, description=f"{stage}: parts finished")
     futures = [part_task.with_options(task_run_name=f"{stage}-{part_label(p)}").submit(p) for p in parts]
+    index = {id(f): i for i, f in enumerate(futures)}
     summaries: list[dict | None] = [None] * len(futures)
     failures: list[str] = []
-    pending = set(range(len(futures)))
-    while pending:
-        done, _ = wait([futures[i] for i in pending], timeout=5)
-        for i in list(pending):
-            if futures[i] in done:
-                pending.discard(i)
-                state = futures[i].state
-                if state.is_completed():
-                    summaries[i] = futures[i].result()
-                else:
-                    failures.append(f"{part_label(parts[i])}: {state.message or state.type}")
-        update_progress_artifact(progress, progress=100.0 * (len(parts) - len(pending)) / max(len(parts), 1))
+    for finished, future in enumerate(as_completed(futures), start=1):
+        i = index[id(future)]
+        try:
+            summaries[i] = future.result()
+        except Exception as err:  # a failed part is reported with the others, never hides them
+            failures.append(f"{part_label(parts[i])}: {type(err).__name__}: {err}")
+        update_progress_artifact(progress, progress=100.0 * finished / max(len(parts), 1))
     if failures:
         raise StageFailed(
             f"{stage}: {len(failures)} of {len(parts)} parts failed; finished parts are kept for the rerun:\n  "
