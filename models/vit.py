@@ -220,6 +220,8 @@ class VisionTransformer(nn.Module):
         if isinstance(x, Tensor):
             return self.forward_features([x], [masks])[0]
         x = list(x)
+        if isinstance(masks, Tensor):
+            raise TypeError("with a list of image batches, pass masks as a list (one tensor or None per batch)")
         masks_list = [None] * len(x) if masks is None else list(masks)
         if len(masks_list) != len(x):
             raise ValueError(f"got {len(x)} image batches but {len(masks_list)} masks")

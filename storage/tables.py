@@ -27,6 +27,33 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("md5", pa.string(), nullable=False),
         ]
     ),
+    # Dedup stage: one row per crawl-pool image, kept or removed and why.
+    "dedup.keep": pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("shard", pa.string(), nullable=False),
+            pa.field("kept", pa.bool_(), nullable=False),
+            pa.field("reason", pa.string()),  # sha256 | pca-hash | phash | copy | eval-set | corrupt
+            pa.field("group_id", pa.int64()),
+            pa.field("representative", pa.string()),
+            pa.field("score", pa.float32()),  # strongest link: cosine, Hamming distance or 1.0 (sha256)
+            pa.field("eval_image", pa.string()),
+            pa.field("error", pa.string()),
+        ]
+    ),
+    # Dedup stage: one row per duplicate group (or decontaminated component).
+    "dedup.groups": pa.schema(
+        [
+            pa.field("group_id", pa.int64(), nullable=False),
+            pa.field("reason", pa.string(), nullable=False),
+            pa.field("size", pa.int64(), nullable=False),
+            pa.field("representative", pa.string()),
+            pa.field("members", pa.list_(pa.string()), nullable=False),
+            pa.field("member_reasons", pa.list_(pa.string()), nullable=False),
+            pa.field("scores", pa.list_(pa.float32()), nullable=False),
+            pa.field("eval_image", pa.string()),
+        ]
+    ),
 }
 
 

@@ -60,6 +60,10 @@ def test_tiny_presets_forward_shapes():
     assert model(torch.randn(2, 3, 28, 28)).shape == (2, 64)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         model.forward_features(torch.randn(1, 3, 30, 28))
+    with pytest.raises(TypeError):
+        model.forward_features([torch.randn(2, 3, 28, 28)], masks=torch.zeros(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="2 image batches but 1 masks"):
+        model.forward_features([torch.randn(2, 3, 28, 28)] * 2, masks=[None])
 
 
 def test_drop_path_ramp_and_uniform():
