@@ -1,0 +1,87 @@
+"""The copy-detection k-NN graph: faiss inner-product search, thresholded edges, streamed.
+
+Pools up to ``flat_max`` descriptors use an exact ``IndexFlatIP``; larger pools an IVF index
+(``nlist`` about 4 sqrt(n)) whose vectors are stored flat, as 8-bit scalars (SQ8) or as product
+codes (PQ, d/8 bytes), trained on a sample. With faiss-gpu and a visible GPU the index moves to
+all GPUs. Queries arrive in batches and only edges above the threshold leave a batch, so memory
+is the index (n x code bytes, plus the IVF lists' 8-byte ids) plus O(batch x k) per call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import faiss
+import numpy as np
+
+from tasks.dedup.config import DedupConfig
+
+
+def ivf_factory(dim: int, n: int, codec: str) -> str:
+    """faiss factory string of the IVF index used above ``flat_max`` vectors."""
+    nlist = int(min(65_536, max(64, 4 * math.sqrt(n))))
+    if codec == "flat":
+        code = "Flat"
+    elif codec == "sq8":
+        code = "SQ8"
+    else:
+        m = next((m for m in (dim // 8, dim // 4, dim // 2) if m >= 1 and dim % m == 0), None)
+        if m is None:
+            raise ValueError(f"PQ needs a descriptor dimension divisible into sub-vectors; {dim} is not")
+        code = f"PQ{m}"
+    return f"IVF{nlist},{code}"
+
+
+def index_description(dim: int, n: int, cfg: DedupConfig) -> str:
+    """What :func:`build_index` builds for this size, for commit records and logs."""
+    return "Flat" if n <= cfg.flat_max else ivf_factory(dim, n, cfg.ivf_codec)
+
+
+def use_gpu(cfg: DedupConfig) -> bool:
+    return cfg.use_gpu == "auto" and hasattr(faiss, "index_cpu_to_all_gpus") and faiss.get_num_gpus() > 0
+
+
+def build_index(dim: int, n: int, cfg: DedupConfig, train: np.ndarray | None = None) -> faiss.Index:
+    """An empty inner-product index for ``n`` vectors; IVF indexes are trained on ``train``."""
+    if n <= cfg.flat_max:
+        index = faiss.IndexFlatIP(dim)
+    else:
+        if train is None or len(train) < 64:
+            raise ValueError("an IVF index needs a training sample of descriptors")
+        index = faiss.index_factory(dim, ivf_factory(dim, n, cfg.ivf_codec), faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(train, dtype=np.float32))
+        faiss.extract_index_ivf(index).nprobe = cfg.ivf_nprobe
+    if use_gpu(cfg):
+        index = faiss.index_cpu_to_all_gpus(index)
+    return index
+
+
+def threshold_edges(
+    index: faiss.Index, queries: np.ndarray, offset: int, k: int, threshold: float, batch: int = 8192
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield ``(i, j, cosine)`` for each query row ``i`` (numbered from ``offset``) and each of its
+    ``k`` nearest indexed rows ``j != i`` with cosine above ``threshold``."""
+    kk = min(k + 1, index.ntotal)
+    if kk == 0:
+        return
+    for start in range(0, len(queries), batch):
+        q = np.ascontiguousarray(queries[start:start + batch], dtype=np.float32)
+        sims, nbrs = index.search(q, kk)
+        rows = np.arange(offset + start, offset + start + len(q))[:, None]
+        keep = (nbrs >= 0) & (nbrs != rows) & (sims > threshold)
+        if keep.any():
+            yield np.broadcast_to(rows, nbrs.shape)[keep], nbrs[keep], sims[keep]
+
+
+def knn_edges_bruteforce(x: np.ndarray, k: int, threshold: float) -> set[tuple[int, int]]:
+    """Reference: every (i, j) with j among i's k nearest (by exhaustive dot products) above threshold."""
+    sims = x @ x.T
+    np.fill_diagonal(sims, -np.inf)
+    out = set()
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    for i in range(len(x)):
+        for j in order[i]:
+            if sims[i, j] > threshold:
+                out.add((i, int(j)))
+    return out

@@ -1,0 +1,320 @@
+"""The dedup stage end to end: prepare (train the PCA hash), per-shard parts, finalize, commit.
+
+``dedup_prepare`` -> ``dedup_shard_part`` for every crawl shard (mappable, resumable) ->
+``dedup_finalize``. Finalize streams the parts twice (add to the index, then query it) and keeps
+per-image state only: a union-find parent, labels and sizes (about 60 bytes per image), the
+packed hash codes (bits/8 bytes per image) and the faiss index (4d bytes per image flat, d with
+SQ8, d/8 with PQ); search results leave each batch as thresholded edges. At 1M images, d=128,
+flat: about 0.6 GB.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+
+from storage.commit import (
+    StageNotCommitted,
+    begin_stage,
+    commit_stage,
+    config_digest,
+    digest_of_commit,
+    part_done,
+    read_commit,
+)
+from storage.shards import iter_samples, manifest_shards
+from storage.tables import SCHEMAS, write_table
+from storage.uri import exists, join, write_bytes_atomic
+from tasks.dedup import decide
+from tasks.dedup.config import DedupConfig
+from tasks.dedup.decode import decode_rgb, trim_uniform_border
+from tasks.dedup.embedder import CopyEmbedder, check_embedder, thresholds
+from tasks.dedup.evalsets import iter_eval_images
+from tasks.dedup.hamming import hamming_neighbour_pairs, popcount_distance
+from tasks.dedup.knn import build_index, index_description, threshold_edges
+from tasks.dedup.parts import PCA_FILE, dedup_shard_part, load_pca_hash, part_name, read_part
+from tasks.dedup.pca_hash import fit_pca_hash
+from tasks.dedup.phash import gray_thumbnails
+from tasks.dedup.unionfind import UnionFind
+
+STAGE = "dedup"
+KEEP_FILE = "keep.parquet"
+GROUPS_FILE = "groups.parquet"
+
+
+def stage_digests(crawl_stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> tuple[str, str]:
+    """(config digest, input digest): the config plus the copy model's identity, and the crawl commit."""
+    model = None if embedder is None else {"model_id": embedder.model_id, "checksum": getattr(embedder, "checksum", "")}
+    return config_digest({"dedup": cfg.model_dump(mode="json"), "copy_model": model}), digest_of_commit(crawl_stage_uri)
+
+
+def hash_reason(cfg: DedupConfig) -> str:
+    return "phash" if cfg.hash_method == "phash" else "pca-hash"
+
+
+def train_sample(shard_urls: list[str], cfg: DedupConfig) -> np.ndarray:
+    """Grayscale thumbnails of up to ``hash_train_samples`` images from shards spread over the pool."""
+    nshards = min(cfg.hash_train_shards, len(shard_urls))
+    picks = sorted({round(i * (len(shard_urls) - 1) / max(1, nshards - 1)) for i in range(nshards)})
+    quota = math.ceil(cfg.hash_train_samples / len(picks))
+    thumbs = []
+    for s in picks:
+        taken = 0
+        for _, fields in iter_samples(shard_urls[s]):
+            jpg = fields.get("jpg")
+            img = decode_rgb(jpg, 64)[0] if jpg is not None else None
+            if img is None:
+                continue
+            thumbs.append(gray_thumbnails([trim_uniform_border(img)])[0])
+            taken += 1
+            if taken >= quota:
+                break
+    return np.stack(thumbs) if thumbs else np.zeros((0, 32, 32), np.uint8)
+
+
+def dedup_prepare(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> dict:
+    """Check inputs and model, decide skip/resume, train the PCA hash; return the shards to map over.
+
+    Returns ``{"skip", "shards", "done", "config_digest", "input_digest"}``. A missing or broken copy
+    model fails here, before any shard is read.
+    """
+    read_commit(crawl_stage_uri)
+    if embedder is not None:
+        check_embedder(embedder)
+    shards = [s.url for s in manifest_shards(crawl_stage_uri)]
+    cfg_digest, input_digest = stage_digests(crawl_stage_uri, cfg, embedder)
+    plan = begin_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest)
+    out = {"skip": plan.skip, "shards": shards, "done": sorted(plan.done), "config_digest": cfg_digest,
+           "input_digest": input_digest}
+    if plan.skip:
+        return out
+    if cfg.hash_method == "pca" and not (plan.done and exists(join(stage_uri, PCA_FILE))):
+        thumbs = train_sample(shards, cfg)
+        if len(thumbs) <= cfg.hash_bits:
+            raise ValueError(
+                f"the pool has {len(thumbs)} decodable images, too few to train a {cfg.hash_bits}-bit PCA hash; "
+                "use hash_method='phash' for pools this small"
+            )
+        write_bytes_atomic(join(stage_uri, PCA_FILE), fit_pca_hash(thumbs, cfg.hash_bits).to_bytes())
+    return out
+
+
+def _load_parts(stage_uri: str, parts: list[str]) -> dict:
+    keys, shards, sha, area, nbytes, errors, codes, sizes = [], [], [], [], [], [], [], []
+    for part in parts:
+        meta, c, _ = read_part(stage_uri, part)
+        keys.extend(meta.column("key").to_pylist())
+        shards.extend([part] * meta.num_rows)
+        sha.extend(meta.column("sha256").to_pylist())
+        area.append(meta.column("orig_width").to_numpy() * meta.column("orig_height").to_numpy())
+        nbytes.append(meta.column("bytes").to_numpy())
+        errors.extend(meta.column("error").to_pylist())
+        codes.append(c)
+        sizes.append(meta.num_rows)
+    return {
+        "keys": np.array(keys, dtype=object), "shards": np.array(shards, dtype=object),
+        "sha": np.array(sha, dtype=object), "area": np.concatenate(area).astype(np.int64),
+        "bytes": np.concatenate(nbytes).astype(np.int64), "errors": errors, "codes": np.concatenate(codes),
+        "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+    }
+
+
+def _embed_eval_sets(uris: list[str], embedder: CopyEmbedder, cfg: DedupConfig) -> tuple[list[str], np.ndarray, int]:
+    ids, descs, batch, skipped = [], [], [], 0
+    min_side = max(64, int(getattr(embedder, "min_side", 64)))
+
+    def flush() -> None:
+        if batch:
+            descs.append(np.asarray(embedder([img for _, img in batch]), dtype=np.float32))
+            ids.extend(i for i, _ in batch)
+            batch.clear()
+
+    for uri in uris:
+        for image_id, data in iter_eval_images(uri):
+            img, _ = decode_rgb(data, min_side)
+            if img is None:
+                skipped += 1
+                continue
+            batch.append((image_id, trim_uniform_border(img)))
+            if len(batch) >= cfg.batch_size:
+                flush()
+    flush()
+    return ids, (np.concatenate(descs) if descs else np.zeros((0, embedder.dim), np.float32)), skipped
+
+
+def _copy_edges(stage_uri, parts, offsets, n, cfg, threshold, uf, best_sim) -> str:
+    dim = None
+    train = []
+    for part in parts:
+        d = read_part(stage_uri, part)[2]
+        dim = d.shape[1]
+        if n > cfg.flat_max and len(d):
+            step = max(1, n // cfg.ivf_train_samples)
+            train.append(d[::step].astype(np.float32))
+    if not dim:
+        return "none"
+    index = build_index(dim, n, cfg, np.concatenate(train) if train else None)
+    for part in parts:
+        index.add(np.ascontiguousarray(read_part(stage_uri, part)[2], dtype=np.float32))
+    for p, part in enumerate(parts):
+        d = read_part(stage_uri, part)[2]
+        for i, j, s in threshold_edges(index, d, int(offsets[p]), cfg.knn_k, threshold, cfg.search_batch):
+            uf.union(i, j)
+            np.maximum.at(best_sim, i, s)
+            np.maximum.at(best_sim, j, s)
+    return index_description(dim, n, cfg)
+
+
+def _eval_matches(stage_uri, parts, offsets, n, eval_desc) -> tuple[np.ndarray, np.ndarray]:
+    sim = np.full(n, -np.inf, dtype=np.float32)
+    idx = np.full(n, -1, dtype=np.int64)
+    if len(eval_desc) == 0:
+        return sim, idx
+    import faiss
+
+    index = faiss.IndexFlatIP(eval_desc.shape[1])
+    index.add(np.ascontiguousarray(eval_desc, dtype=np.float32))
+    for p, part in enumerate(parts):
+        d = np.ascontiguousarray(read_part(stage_uri, part)[2], dtype=np.float32)
+        if len(d):
+            s, j = index.search(d, 1)
+            sim[offsets[p]:offsets[p + 1]] = s[:, 0]
+            idx[offsets[p]:offsets[p + 1]] = j[:, 0]
+    return sim, idx
+
+
+def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> dict:
+    """Link duplicates over all parts, decide what survives, write keep/groups tables and commit.
+
+    Returns the commit record (its ``counts`` hold the number removed per reason).
+    """
+    cfg_digest, input_digest = stage_digests(crawl_stage_uri, cfg, embedder)
+    plan = begin_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest)
+    if plan.skip:
+        return plan.commit
+    parts = [part_name(s.url) for s in manifest_shards(crawl_stage_uri)]
+    missing = [p for p in parts if part_done(stage_uri, p) is None]
+    if missing:
+        raise StageNotCommitted(f"dedup parts not finished for {len(missing)} shards: {', '.join(missing[:5])}")
+    pool = _load_parts(stage_uri, parts)
+    n = len(pool["keys"])
+    valid = np.array([e is None for e in pool["errors"]], dtype=bool)
+    uf = UnionFind(n)
+    score = np.full(n, np.nan, dtype=np.float32)
+
+    if cfg.exact and n:
+        _, first, inverse = np.unique(pool["sha"], return_index=True, return_inverse=True)
+        linked = valid & valid[first[inverse]]
+        uf.union(np.nonzero(linked)[0], first[inverse][linked])
+    exact_labels = uf.labels()
+
+    min_dist = np.full(n, np.iinfo(np.int32).max, dtype=np.int64)
+    if cfg.hash_method != "none" and valid.sum() > 1:
+        rows = np.nonzero(valid)[0]
+        for a, b, dist in hamming_neighbour_pairs(pool["codes"][rows], cfg.hash_radius, cfg.hash_neighbours, cfg.search_batch):
+            uf.union(rows[a], rows[b])
+            np.minimum.at(min_dist, rows[a], dist)
+            np.minimum.at(min_dist, rows[b], dist)
+    hashed_labels = uf.labels()
+
+    copy_thr, eval_thr = thresholds(cfg, embedder) if embedder is not None else (None, None)
+    best_sim = np.full(n, -np.inf, dtype=np.float32)
+    index_kind = "none"
+    if embedder is not None and n:
+        index_kind = _copy_edges(stage_uri, parts, pool["offsets"], n, cfg, copy_thr, uf, best_sim)
+    labels = uf.labels()
+
+    def reps(lab: np.ndarray) -> np.ndarray:
+        return decide.representatives(lab, valid, cfg.keep, pool["area"], pool["bytes"])
+
+    hash_rep, rep = reps(hashed_labels), reps(labels)
+    reasons = decide.removal_reasons(
+        [(decide.SHA256, reps(exact_labels)), (hash_reason(cfg), hash_rep), (decide.COPY, rep)], valid
+    )
+
+    eval_ids: list[str] = []
+    eval_skipped = 0
+    cause = np.full(n, -1, dtype=np.int64)
+    dropped = np.zeros(n, dtype=bool)
+    cause_sim = np.full(n, np.nan, dtype=np.float32)
+    if embedder is not None and cfg.eval_sets:
+        eval_ids, eval_desc, eval_skipped = _embed_eval_sets(cfg.eval_sets, embedder, cfg)
+        esim, eidx = _eval_matches(stage_uri, parts, pool["offsets"], n, eval_desc)
+        dropped, cause, cause_sim = decide.contaminated_components(labels, valid, esim, eidx, eval_thr)
+        reasons[dropped] = decide.EVAL_SET
+
+    score[reasons == decide.SHA256] = 1.0
+    hrows = reasons == hash_reason(cfg)
+    score[hrows] = popcount_distance(pool["codes"][hrows], pool["codes"][hash_rep[hrows]]) if hrows.any() else []
+    crows = reasons == decide.COPY
+    score[crows] = np.minimum(best_sim[crows], 1.0)
+    score[dropped] = np.minimum(cause_sim[dropped], 1.0)
+
+    counts = _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, eval_ids)
+    extra = {
+        "copy_model": None if embedder is None else embedder.model_id,
+        "copy_threshold": copy_thr, "eval_threshold": eval_thr, "index": index_kind,
+        "hash": cfg.hash_method, "hash_bits": cfg.code_bits if cfg.hash_method != "none" else 0,
+        "eval_images": len(eval_ids), "eval_images_undecodable": eval_skipped,
+        "pca_digest": load_pca_hash(stage_uri).digest() if cfg.hash_method == "pca" else None,
+    }
+    return commit_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest,
+                        counts=counts, extra=extra, require_parts=parts)
+
+
+def _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, eval_ids) -> dict:
+    n = len(labels)
+    keys, shards = pool["keys"], pool["shards"]
+    kept = np.array([r is None for r in reasons], dtype=bool)
+    sizes = np.bincount(labels, minlength=n) if n else np.zeros(0, np.int64)
+    in_group = (sizes[labels] > 1) | dropped if n else np.zeros(0, bool)
+    group_labels, group_id_of = np.unique(labels[in_group], return_inverse=True)
+    group_id = np.full(n, -1, dtype=np.int64)
+    group_id[in_group] = group_id_of
+    eval_name = np.array([eval_ids[c] if c >= 0 else None for c in cause.tolist()], dtype=object)
+    keep_rows = {
+        "key": keys.tolist(),
+        "shard": shards.tolist(),
+        "kept": kept.tolist(),
+        "reason": reasons.tolist(),
+        "group_id": [g if g >= 0 else None for g in group_id.tolist()],
+        "representative": [keys[r] if (r >= 0 and not kept[i]) else None for i, r in enumerate(rep.tolist())],
+        "score": [None if math.isnan(s) else s for s in score.tolist()],
+        "eval_image": eval_name.tolist(),
+        "error": pool["errors"],
+    }
+    write_table(join(stage_uri, KEEP_FILE), pa.table(keep_rows, schema=SCHEMAS["dedup.keep"]), SCHEMAS["dedup.keep"])
+    groups = []
+    order = np.argsort(group_id, kind="stable")
+    order = order[group_id[order] >= 0]
+    bounds = np.nonzero(np.diff(group_id[order]))[0] + 1
+    precedence = {decide.SHA256: 0, "phash": 1, "pca-hash": 1, decide.COPY: 2, decide.EVAL_SET: 3}
+    for members in np.split(order, bounds) if len(order) else []:
+        member_reasons = [reasons[m] or "kept" for m in members.tolist()]
+        worst = max((r for r in member_reasons if r in precedence), key=precedence.get, default=decide.COPY)
+        survivor = next((keys[m] for m in members.tolist() if kept[m]), None)
+        condemned = next((eval_name[m] for m in members.tolist() if eval_name[m] is not None), None)
+        groups.append({
+            "group_id": int(group_id[members[0]]), "reason": worst, "size": len(members),
+            "representative": survivor, "members": keys[members].tolist(), "member_reasons": member_reasons,
+            "scores": [None if math.isnan(s) else s for s in score[members].tolist()], "eval_image": condemned,
+        })
+    write_table(join(stage_uri, GROUPS_FILE), groups, SCHEMAS["dedup.groups"])
+    counts = {"pool": int(n), "kept": int(kept.sum()), "groups": len(groups)}
+    for reason in (decide.SHA256, "pca-hash", "phash", decide.COPY, decide.EVAL_SET, decide.CORRUPT):
+        c = int(sum(1 for r in reasons.tolist() if r == reason))
+        if c:
+            counts[f"removed_{reason}"] = c
+    return counts
+
+
+def run_dedup(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> dict:
+    """Prepare, every shard part in order, finalize: the whole stage in one process."""
+    prep = dedup_prepare(crawl_stage_uri, stage_uri, cfg, embedder)
+    if prep["skip"]:
+        return read_commit(stage_uri)
+    for shard in prep["shards"]:
+        dedup_shard_part(shard, stage_uri, cfg, embedder)
+    return dedup_finalize(crawl_stage_uri, stage_uri, cfg, embedder)
