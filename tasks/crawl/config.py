@@ -125,7 +125,10 @@ class CrawlConfig(BaseModel):
         import re
 
         for pattern in value:
-            re.compile(pattern)
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad regular expression {pattern!r}: {exc}") from exc
         return value
 
     @property

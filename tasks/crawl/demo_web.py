@@ -418,9 +418,9 @@ def _serve_forever(root: str, ready, stop_event, port_box: list | None = None) -
     from aiohttp import web
 
     async def main() -> None:
-        runner = web.AppRunner(_make_app(Path(root)), access_log=None, handle_signals=False)
+        runner = web.AppRunner(_make_app(Path(root)), access_log=None, handle_signals=False, shutdown_timeout=0.5)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024, shutdown_timeout=0.5)
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
         await site.start()
         port = runner.addresses[0][1]
         if port_box is not None:

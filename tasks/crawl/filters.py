@@ -15,8 +15,9 @@ from tasks.crawl.config import CrawlConfig
 
 @lru_cache(maxsize=1)
 def _extractor() -> tldextract.TLDExtract:
-    # The bundled public-suffix snapshot only: a crawl must not depend on fetching the list.
-    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    # The bundled public-suffix snapshot only: a crawl must not depend on fetching the list. Private suffixes
+    # (github.io, blogspot.com, ...) count, so one user's site can be blocked without blocking the platform.
+    return tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, include_psl_private_domains=True)
 
 
 def registrable_domain(host: str) -> str:

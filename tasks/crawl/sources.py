@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -87,7 +88,7 @@ def iter_warc_pages(uri: str, max_page_bytes: int) -> Iterator[Page]:
                 record = next(it)
             except StopIteration:
                 return
-            except (ArchiveLoadFailed, ValueError, OSError, EOFError) as exc:
+            except (ArchiveLoadFailed, ValueError, OSError, EOFError, zlib.error) as exc:
                 yield Page(url=uri, source=uri, error=(reasons.WARC_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}"))
                 return
             if record.rec_type not in ("response", "resource"):
@@ -106,7 +107,7 @@ def iter_warc_pages(uri: str, max_page_bytes: int) -> Iterator[Page]:
                 continue
             try:
                 body = record.content_stream().read(max_page_bytes)
-            except (ArchiveLoadFailed, ValueError, OSError, EOFError) as exc:
+            except (ArchiveLoadFailed, ValueError, OSError, EOFError, zlib.error) as exc:
                 yield Page(url=target or uri, source=uri, error=(reasons.WARC_ERROR, f"{type(exc).__name__}: {exc}"[:200]))
                 return
             yield Page(url=target, source=uri, body=body, content_type=ctype)
