@@ -27,6 +27,26 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("md5", pa.string(), nullable=False),
         ]
     ),
+    # Crawl stage: one row per page or image URL seen, whatever became of it (records.parquet).
+    "crawl.records": pa.schema(
+        [
+            pa.field("part", pa.int32(), nullable=False),
+            pa.field("kind", pa.string(), nullable=False),  # page | image
+            pa.field("url", pa.string(), nullable=False),
+            pa.field("page", pa.string(), nullable=False),  # referring page (images) or input file (pages)
+            pa.field("status", pa.string(), nullable=False),  # ok | rejected | failed
+            pa.field("reason", pa.string(), nullable=False),  # "" when ok; codes in tasks/crawl/reasons.py
+            pa.field("detail", pa.string(), nullable=False),
+            pa.field("http_status", pa.int32()),
+            pa.field("bytes", pa.int64(), nullable=False),  # original body bytes received
+            pa.field("elapsed", pa.float64(), nullable=False),  # seconds spent fetching
+            pa.field("attempts", pa.int32(), nullable=False),
+            pa.field("final_url", pa.string()),
+            pa.field("sha256", pa.string()),  # of the original bytes
+            pa.field("shard", pa.string()),
+            pa.field("key", pa.string()),
+        ]
+    ),
     # Dedup stage: one row per crawl-pool image, kept or removed and why.
     "dedup.keep": pa.schema(
         [

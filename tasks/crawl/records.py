@@ -8,27 +8,7 @@ from storage.tables import SCHEMAS
 
 RECORDS_TABLE = "crawl.records"
 
-RECORDS_SCHEMA = pa.schema(
-    [
-        pa.field("part", pa.int32(), nullable=False),
-        pa.field("kind", pa.string(), nullable=False),  # "page" | "image"
-        pa.field("url", pa.string(), nullable=False),
-        pa.field("page", pa.string(), nullable=False),  # referring page (images) or input file (pages)
-        pa.field("status", pa.string(), nullable=False),  # "ok" | "rejected" | "failed"
-        pa.field("reason", pa.string(), nullable=False),  # "" when ok
-        pa.field("detail", pa.string(), nullable=False),
-        pa.field("http_status", pa.int32(), nullable=True),
-        pa.field("bytes", pa.int64(), nullable=False),  # original body bytes received
-        pa.field("elapsed", pa.float64(), nullable=False),  # seconds spent fetching
-        pa.field("attempts", pa.int32(), nullable=False),
-        pa.field("final_url", pa.string(), nullable=True),
-        pa.field("sha256", pa.string(), nullable=True),  # of the original bytes
-        pa.field("shard", pa.string(), nullable=True),
-        pa.field("key", pa.string(), nullable=True),
-    ]
-)
-
-SCHEMAS.setdefault(RECORDS_TABLE, RECORDS_SCHEMA)
+RECORDS_SCHEMA: pa.Schema = SCHEMAS[RECORDS_TABLE]
 
 
 def record(
