@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 
 from flows.config import CurateConfig, PipelineConfig
 from flows.reporting import publish_stage_summary
-from flows.stages import run_stage
+from flows.stages import run_stage, use_storage
 from lvd.config import load_config
 from storage import uri as storage_uri
 from storage.commit import config_digest, stage_uri
@@ -58,7 +58,7 @@ def curate_lvd(cfg: CurateConfig) -> dict:
     """Curate a dataset version from crawl inputs; returns the committed stage URIs and counts."""
     logger = get_run_logger()
     cfg = cfg.model_copy(update={"version": resolve_version(cfg.version)})
-    storage_uri.configure(cfg.storage, export_env=True)
+    use_storage(cfg.storage)
     stages: dict[str, dict] = {}
     crawl_uri, crawl_commit = run_crawl(cfg)
     stages["crawl"] = {"uri": crawl_uri, "counts": crawl_commit.get("counts", {})}

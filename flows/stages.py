@@ -16,6 +16,8 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 
 from storage.commit import begin_stage, canonical_json, config_digest
+from storage import uri as storage_uri
+from storage.config import StorageConfig
 from storage.uri import join, write_bytes_atomic
 
 CONFIG_FILE = "config.json"  # the stage's settings, beside its outputs, for `lvd info` and audits
@@ -23,6 +25,15 @@ CONFIG_FILE = "config.json"  # the stage's settings, beside its outputs, for `lv
 
 class StageFailed(RuntimeError):
     """Some parts of a stage failed; the finished ones are kept for the rerun."""
+
+
+def use_storage(cfg: StorageConfig) -> StorageConfig:
+    """Settings given in the flow's parameters win; the rest come from the worker's environment
+    (LVD_S3_ENDPOINT_URL, AWS_*), which is how deployments reach their object store."""
+    effective = StorageConfig.from_env(**cfg.model_dump(exclude_defaults=True))
+    storage_uri.configure(effective, export_env=True)
+    storage_uri.clear_fs_cache()
+    return effective
 
 
 def prefect_task(fn: Callable, name: str, retries: int = 0, tags: Sequence[str] = ()):
