@@ -88,9 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect_defaults()
     args = build_parser().parse_args(argv)
+    from storage.commit import StageConflict, StageNotCommitted
+    from storage.uri import StorageError
+
     try:
         return args.func(args)
-    except ConfigError as err:
+    except (ConfigError, StageNotCommitted, StageConflict, StorageError) as err:
         print(f"lvd: {err}", file=sys.stderr)
         return 2
 
