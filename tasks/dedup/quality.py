@@ -77,3 +77,39 @@ def metrics_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
         cells = " | ".join(f"{results[m][edit]['precision']:.2f} | {results[m][edit]['recall']:.2f}" for m in methods)
         rows.append(f"| {edit} | {cells} |")
     return "\n".join(rows)
+
+
+def stage_labels(stage_uri: str, items: list[PlantedImage]) -> np.ndarray:
+    """Component label per planted item from a committed dedup stage (its group, else itself)."""
+    from storage.tables import read_table
+    from storage.uri import join
+
+    keep = read_table(join(stage_uri, "keep.parquet"))
+    group = dict(zip(keep.column("key").to_pylist(), keep.column("group_id").to_pylist()))
+    return np.array([group[it.key] if group[it.key] is not None else -1 - i for i, it in enumerate(items)])
+
+
+METHODS = {
+    "sha256": {"hash_method": "none", "copy_model": None},
+    "phash": {"hash_method": "phash", "hash_radius": 8, "copy_model": None, "exact": False},
+    "pca-hash": {"hash_method": "pca", "hash_radius": 8, "copy_model": None, "exact": False},
+    "copy (builtin:dct)": {"hash_method": "none", "exact": False},
+    "all (default)": {"hash_radius": 8},
+}
+
+
+def evaluate_methods(crawl_stage_uri: str, work_uri: str, items: list[PlantedImage],
+                     methods: dict[str, dict] = METHODS) -> dict[str, dict[str, dict[str, float]]]:
+    """Run the dedup stage once per method on a planted crawl stage; metrics per method and edit."""
+    from storage.uri import join
+    from tasks.dedup.config import DedupConfig
+    from tasks.dedup.embedder import load_copy_embedder
+    from tasks.dedup.stage import run_dedup
+
+    out = {}
+    for i, (name, overrides) in enumerate(methods.items()):
+        cfg = DedupConfig(**overrides)
+        stage = join(work_uri, f"dedup-{i}")
+        run_dedup(crawl_stage_uri, stage, cfg, load_copy_embedder(cfg))
+        out[name] = pair_metrics(items, stage_labels(stage, items))
+    return out
