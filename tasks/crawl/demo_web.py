@@ -2,7 +2,8 @@
 
 `build_demo_web` writes virtual hosts (shop/cdn/slow/flaky/ads.example.*), HTML pages, a WARC of the pages,
 a URL list and a domain blocklist into a directory. Pictures are real: Fashion-MNIST (Debian
-dataset-fashion-mnist, upscaled) and, where scikit-image is installed, crops of its sample photos.
+dataset-fashion-mnist, upscaled) and, where scikit-image / scikit-learn are installed (the dev extra),
+crops of their sample photos.
 A fixed set of bad cases (404, redirect loop and chain, oversized files, a non-image behind .jpg, a
 stalling host, a decompression bomb, a truncated JPEG, tiny and extreme-aspect images, X-Robots-Tag
 noai, robots.txt-disallowed paths, a blocklisted domain, SSRF targets, flaky 5xx/429) is listed in
@@ -47,6 +48,7 @@ SKIMAGE_PHOTOS = (
     "coins.png", "color.png", "grass.png", "gravel.png", "horse.png", "hubble_deep_field.jpg", "ihc.png",
     "logo.png", "moon.png", "motorcycle_left.png", "phantom.png", "retina.jpg", "rocket.jpg",
 )
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
 IMAGES_PER_PAGE = 12
 BIG_BYTES = 3_000_000  # larger than the demo config's max_bytes
 
@@ -94,12 +96,21 @@ def _fashion_images(n: int, rng: random.Random) -> list[Image.Image]:
     return out
 
 
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)  # locate without importing: the packages are heavy
+    return Path(spec.origin).parent if spec is not None and spec.origin else None
+
+
 def _photo_paths() -> list[Path]:
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or spec.origin is None:
-        return []
-    data_dir = Path(spec.origin).parent / "data"
-    return [data_dir / name for name in SKIMAGE_PHOTOS if (data_dir / name).exists()]
+    """Sample photos shipped by scikit-image and scikit-learn (the dev extra), where installed."""
+    paths = []
+    skimage_dir = _package_dir("skimage")
+    if skimage_dir is not None:
+        paths += [skimage_dir / "data" / name for name in SKIMAGE_PHOTOS]
+    sklearn_dir = _package_dir("sklearn")
+    if sklearn_dir is not None:
+        paths += [sklearn_dir / "datasets" / "images" / name for name in SKLEARN_PHOTOS]
+    return [p for p in paths if p.exists()]
 
 
 def _photo_crops(n: int, rng: random.Random) -> list[Image.Image]:
@@ -318,7 +329,7 @@ def build_demo_web(directory: str | os.PathLike, n_images: int = 100, seed: int 
     meta = {
         "pages": pages, "good_images": good + [u for u, (s, _) in expected.items() if s == "ok"],
         "expected": expected, "html_files": html_files,
-        "sources": {"fashion_mnist": len(fashion), "skimage_photos": len(photos)},
+        "sources": {"fashion_mnist": len(fashion), "photo_crops": len(photos), "photo_files": len(_photo_paths())},
     }
     (root / "demo.json").write_text(json.dumps(meta, indent=1))
     return DemoWeb.load(root)

@@ -1,0 +1,93 @@
+"""Crawl throughput against the local demo web, next to the machine's pure decode+resize bound.
+
+For 1, 2 and all cores ("cores" = decode/resize worker processes) it crawls the demo web's ordinary pages
+(the hostile page is left out: its stalling host would measure timeouts, not throughput) with the demo
+server in its own process, and reports the median of several runs in images/s and MB/s of original bytes.
+Then it decodes and resizes the same original files without any network, in as many processes, which is
+the ceiling the crawl can approach on this machine.
+
+    python -m benchmarks.crawl --images 600 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from tasks.crawl.demo_web import build_demo_web, serve_demo_web
+from tasks.crawl.imaging import ImageParams, Processed, process_image
+from tasks.crawl.stage import CrawlPart, crawl_part
+
+PARAMS = ImageParams(max_pixels=89_478_485, min_side=64, max_aspect_ratio=4.0, max_side=512, jpeg_quality=90)
+
+
+def _decode_chunk(paths: list[str]) -> tuple[int, int]:
+    ok = nbytes = 0
+    for p in paths:
+        data = Path(p).read_bytes()
+        nbytes += len(data)
+        ok += isinstance(process_image(data, PARAMS), Processed)
+    return ok, nbytes
+
+
+def decode_bound(files: list[str], workers: int) -> tuple[float, float]:
+    """images/s and MB/s of decode+resize+encode over local files in `workers` processes."""
+    chunks = [files[i::workers * 4] for i in range(workers * 4)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_decode_chunk, [chunks[0][:5]] * workers))  # start and warm the workers
+        start = time.perf_counter()
+        results = list(pool.map(_decode_chunk, chunks))
+        seconds = time.perf_counter() - start
+    ok = sum(r[0] for r in results)
+    return ok / seconds, sum(r[1] for r in results) / seconds / 1e6
+
+
+def crawl_once(web, urls_file: str, workers: int, out: str) -> tuple[float, float, int]:
+    with serve_demo_web(web.root, process=True) as server:  # fresh server: flaky hosts flake again
+        cfg = server.crawl_config(decode_workers=workers, max_concurrency=64, max_per_host=16,
+                                  pages_per_part=10_000, read_timeout=10.0, request_timeout=30.0)
+        part = CrawlPart(index=0, kind="urls", uris=[urls_file])
+        start = time.perf_counter()
+        summary = crawl_part(part, f"file://{out}/crawl-{workers}-{time.time_ns()}", cfg)
+        seconds = time.perf_counter() - start
+    return summary["ok"] / seconds, summary["bytes_downloaded"] / seconds / 1e6, summary["ok"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=600)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--photo-fraction", type=float, default=0.3)
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    levels = sorted({1, 2, cores})
+    with tempfile.TemporaryDirectory(prefix="lvd-crawl-bench-") as tmp:
+        web = build_demo_web(Path(tmp) / "web", n_images=args.images, photo_fraction=args.photo_fraction)
+        urls_file = str(Path(tmp) / "pages.txt")
+        Path(urls_file).write_text("\n".join(p for p in web.pages if "hostile" not in p) + "\n")
+        files = [str(p) for p in (web.root / "sites").rglob("img/*") if p.suffix in (".jpg", ".png", ".gif", ".webp")
+                 and "-half" not in p.name]
+        mean_kb = statistics.mean(Path(f).stat().st_size for f in files) / 1e3
+        print(f"machine: {cores} cores, {platform.processor() or platform.machine()}, Python {platform.python_version()}")
+        print(f"demo web: {len(web.pages) - 1} pages, {len(files)} pictures, mean {mean_kb:.1f} kB "
+              f"({web.sources}); {args.repeats} runs per row, median\n")
+        print("| cores | crawl images/s | crawl MB/s | decode+resize images/s | decode+resize MB/s | crawl / bound |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        for workers in levels:
+            runs = [crawl_once(web, urls_file, workers, tmp) for _ in range(args.repeats)]
+            ips = statistics.median(r[0] for r in runs)
+            mbs = statistics.median(r[1] for r in runs)
+            bound = [decode_bound(files, workers) for _ in range(args.repeats)]
+            bips = statistics.median(b[0] for b in bound)
+            bmbs = statistics.median(b[1] for b in bound)
+            print(f"| {workers} | {ips:.0f} | {mbs:.1f} | {bips:.0f} | {bmbs:.1f} | {ips / bips:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
