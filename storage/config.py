@@ -4,7 +4,7 @@ Every value can also come from the environment, so that Prefect workers in other
 processes (Dask, Ray, Kubernetes pods) find the same store without extra wiring:
 ``LVD_S3_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``),
 ``LVD_S3_CONNECT_TIMEOUT``, ``LVD_S3_READ_TIMEOUT``, ``LVD_S3_MAX_ATTEMPTS``,
-``LVD_S3_MULTIPART_CHUNKSIZE``. Credentials and region always come from the
+``LVD_S3_MULTIPART_CHUNKSIZE``, ``LVD_S3_MIN_TRANSFER_RATE``. Credentials and region always come from the
 standard AWS chain (env vars, ``AWS_PROFILE``, shared config files).
 """
 
@@ -45,6 +45,18 @@ class StorageConfig(BaseModel):
         description="Part size in bytes for multipart uploads; objects under twice this go up in one PUT.",
     )
 
+    min_transfer_rate: float = Field(
+        1 * 2**20,
+        gt=0,
+        description="Bytes/s an upload must sustain; slower uploads fail (a stalled endpoint never hangs).",
+    )
+
+    def upload_deadline(self, nbytes: int) -> float:
+        """Seconds after which an upload of ``nbytes`` is abandoned, retries included."""
+        # each try may wait out both timeouts; retries back off for up to ~2 s each
+        per_try = self.connect_timeout + self.read_timeout + 2.0 + nbytes / self.min_transfer_rate
+        return self.max_attempts * per_try
+
     @classmethod
     def from_env(cls, **overrides: object) -> "StorageConfig":
         """Settings from LVD_S3_* / AWS_* environment variables, then explicit overrides."""
@@ -62,6 +74,7 @@ class StorageConfig(BaseModel):
             ("read_timeout", "LVD_S3_READ_TIMEOUT"),
             ("max_attempts", "LVD_S3_MAX_ATTEMPTS"),
             ("multipart_chunksize", "LVD_S3_MULTIPART_CHUNKSIZE"),
+            ("min_transfer_rate", "LVD_S3_MIN_TRANSFER_RATE"),
         ):
             if os.environ.get(var):
                 values[field] = os.environ[var]
@@ -78,6 +91,7 @@ class StorageConfig(BaseModel):
             "LVD_S3_READ_TIMEOUT": str(self.read_timeout),
             "LVD_S3_MAX_ATTEMPTS": str(self.max_attempts),
             "LVD_S3_MULTIPART_CHUNKSIZE": str(self.multipart_chunksize),
+            "LVD_S3_MIN_TRANSFER_RATE": str(self.min_transfer_rate),
         }
         if self.endpoint_url:
             env["LVD_S3_ENDPOINT_URL"] = self.endpoint_url

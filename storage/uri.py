@@ -4,8 +4,8 @@ Writers never leave a half-written object under its final name: local files are
 written to a hidden temp name in the same directory and renamed; S3 objects go up in
 one PUT, or as a multipart upload that S3 only makes visible when it completes (and
 that is aborted on failure). S3 requests have connect/read timeouts and a bounded
-number of attempts, so an unreachable endpoint becomes a :class:`StorageUnavailable`
-naming the endpoint instead of a hang.
+number of attempts, and uploads a deadline derived from their size, so an unreachable
+or stalled endpoint becomes a :class:`StorageUnavailable` naming the endpoint, never a hang.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from storage.config import StorageConfig
 
+# s3fs repeats a request that botocore gave up on this many times in all (payload errors, SlowDown).
+S3FS_ATTEMPTS = 2
 _configured: StorageConfig | None = None
 _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
 _fs_lock = threading.Lock()
@@ -71,7 +73,15 @@ def scheme_of(uri: str) -> str:
     return scheme
 
 
+def _drop_expect_header(request, **_kwargs) -> None:
+    """botocore asks for ``100-continue`` on uploads, and aiohttp then waits for that answer
+    with no timeout at all: a stalled endpoint would hang the upload forever. Send the body
+    straight away instead, so the read timeout always applies."""
+    request.headers.pop("Expect", None)
+
+
 def _s3_fs(cfg: StorageConfig) -> fsspec.AbstractFileSystem:
+    import aiobotocore.session
     import s3fs
 
     key = (
@@ -97,9 +107,11 @@ def _s3_fs(cfg: StorageConfig) -> fsspec.AbstractFileSystem:
                 "s3": {"addressing_style": "path" if cfg.endpoint_url else "auto"},
             }
             client_kwargs = {"region_name": cfg.region} if cfg.region else {}
+            session = aiobotocore.session.AioSession(profile=cfg.profile)
+            session.register("before-send.s3", _drop_expect_header)
             fs = s3fs.S3FileSystem(
+                session=session,
                 endpoint_url=cfg.endpoint_url,
-                profile=cfg.profile,
                 config_kwargs=config_kwargs,
                 client_kwargs=client_kwargs,
                 use_listings_cache=False,
@@ -107,7 +119,7 @@ def _s3_fs(cfg: StorageConfig) -> fsspec.AbstractFileSystem:
                 default_block_size=cfg.multipart_chunksize,
             )
             # botocore already retries with backoff; s3fs adds one retry for payload errors.
-            fs.retries = 2
+            fs.retries = S3FS_ATTEMPTS
             _fs_cache[key] = fs
         return fs
 
@@ -199,9 +211,12 @@ def guard(uri: str, action: str) -> Iterator[None]:
         if scheme_of(uri) == "file":
             raise
         if _is_unreachable(exc):
+            cfg = current_config()
+            detail = str(exc) or "the upload deadline passed without an answer"
             raise StorageUnavailable(
-                f"{action} {uri}: S3 endpoint {endpoint_of(uri)} unreachable after "
-                f"{current_config().max_attempts} attempts ({type(exc).__name__}: {exc})"
+                f"{action} {uri}: S3 endpoint {endpoint_of(uri)} unreachable or stalled "
+                f"(connect timeout {cfg.connect_timeout}s, read timeout {cfg.read_timeout}s, "
+                f"{cfg.max_attempts} attempts per request; {type(exc).__name__}: {detail})"
             ) from exc
         raise StorageError(
             f"{action} {uri}: failed at {endpoint_of(uri)} ({type(exc).__name__}: {exc})"
@@ -242,7 +257,9 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
                 os.unlink(tmp)
         return
     with guard(uri, "writing"):
-        fs.pipe_file(path, bytes(data), chunksize=current_config().multipart_chunksize)
+        cfg = current_config()
+        deadline = S3FS_ATTEMPTS * cfg.upload_deadline(len(data))
+        fs.pipe_file(path, bytes(data), chunksize=cfg.multipart_chunksize, timeout=deadline)
 
 
 def put_file_atomic(local_path: str, uri: str) -> None:
@@ -261,7 +278,9 @@ def put_file_atomic(local_path: str, uri: str) -> None:
                 os.unlink(tmp)
         return
     with guard(uri, "uploading"):
-        fs.put_file(local_path, path, chunksize=current_config().multipart_chunksize)
+        cfg = current_config()
+        deadline = S3FS_ATTEMPTS * cfg.upload_deadline(os.path.getsize(local_path))
+        fs.put_file(local_path, path, chunksize=cfg.multipart_chunksize, timeout=deadline)
 
 
 def exists(uri: str) -> bool:
