@@ -27,6 +27,7 @@ from storage.config import StorageConfig
 S3FS_ATTEMPTS = 2
 _configured: StorageConfig | None = None
 _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
+_sessions: dict[tuple, object] = {}
 _fs_lock = threading.Lock()
 _local_fs = LocalFileSystem()
 
@@ -107,10 +108,19 @@ def _s3_fs(cfg: StorageConfig) -> fsspec.AbstractFileSystem:
                 "s3": {"addressing_style": "path" if cfg.endpoint_url else "auto"},
             }
             client_kwargs = {"region_name": cfg.region} if cfg.region else {}
-            session = aiobotocore.session.AioSession(profile=cfg.profile)
-            session.register("before-send.s3", _drop_expect_header)
+            # One session per profile: it caches the service model, which costs ~1.5 s to load.
+            session = _sessions.get((os.getpid(), cfg.profile))
+            if session is None:
+                session = aiobotocore.session.AioSession(profile=cfg.profile)
+                session.register("before-send.s3", _drop_expect_header)
+                _sessions[(os.getpid(), cfg.profile)] = session
             fs = s3fs.S3FileSystem(
                 session=session,
+                # keys from the environment are passed explicitly, since the session caches
+                # whatever credentials it resolved first; None falls back to the profile chain
+                key=os.environ.get("AWS_ACCESS_KEY_ID") or None,
+                secret=os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+                token=os.environ.get("AWS_SESSION_TOKEN") or None,
                 endpoint_url=cfg.endpoint_url,
                 config_kwargs=config_kwargs,
                 client_kwargs=client_kwargs,
