@@ -74,6 +74,71 @@ SCHEMAS: dict[str, pa.Schema] = {
             pa.field("eval_image", pa.string()),
         ]
     ),
+    # Embed stage: ids of the pool vectors in embeddings-{i}.npy, and of each query set's vectors.
+    "embed.ids": pa.schema([pa.field("key", pa.string(), nullable=False), pa.field("shard", pa.string(), nullable=False)]),
+    "embed.query_ids": pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("label", pa.string())]),
+    # Retrieve stage: cluster of every pool vector, the selection, and per-query-set statistics.
+    "retrieve.assignments": pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("shard", pa.string(), nullable=False),
+            pa.field("cluster", pa.int64(), nullable=False),
+            pa.field("similarity", pa.float32(), nullable=False),
+        ]
+    ),
+    "retrieve.selection": pa.schema(
+        [
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("query_dataset", pa.string()),
+            pa.field("query_id", pa.string()),
+            pa.field("query_label", pa.string()),
+            pa.field("key", pa.string()),
+            pa.field("shard", pa.string()),
+            pa.field("similarity", pa.float32(), nullable=False),
+            pa.field("rule", pa.string(), nullable=False),
+            pa.field("cluster", pa.int64()),
+        ]
+    ),
+    "retrieve.datasets": pa.schema(
+        [
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("rule", pa.string(), nullable=False),
+            pa.field("queries", pa.int64(), nullable=False),
+            pa.field("candidates", pa.int64(), nullable=False),
+            pa.field("capped", pa.int64(), nullable=False),
+            pa.field("collisions", pa.int64(), nullable=False),
+            pa.field("selected", pa.int64(), nullable=False),
+        ]
+    ),
+    # Curated shards: one row per sample written, with its provenance.
+    "shards.samples": pa.schema(
+        [
+            pa.field("key", pa.string(), nullable=False),
+            pa.field("shard", pa.string(), nullable=False),
+            pa.field("source", pa.string(), nullable=False),
+            pa.field("query_dataset", pa.string()),
+            pa.field("query_id", pa.string()),
+            pa.field("rule", pa.string(), nullable=False),
+            pa.field("pool_key", pa.string()),
+            pa.field("pool_shard", pa.string()),
+            pa.field("similarity", pa.float32(), nullable=False),
+            pa.field("cluster", pa.int64()),
+            pa.field("url", pa.string()),
+            pa.field("sha256", pa.string(), nullable=False),
+        ]
+    ),
+    # Curated shards: per query set (or strategy), what was asked, found, lost and written.
+    "shards.composition": pa.schema(
+        [
+            pa.field("dataset", pa.string(), nullable=False),
+            pa.field("rule", pa.string(), nullable=False),
+            pa.field("queries", pa.int64(), nullable=False),
+            pa.field("candidates", pa.int64(), nullable=False),
+            pa.field("collisions", pa.int64(), nullable=False),
+            pa.field("capped", pa.int64(), nullable=False),
+            pa.field("final", pa.int64(), nullable=False),
+        ]
+    ),
 }
 
 

@@ -1,0 +1,1 @@
+"""Retrieval stage: k-means over the pool, query-driven (or balanced) selection of pool images."""

@@ -1,0 +1,165 @@
+"""Spherical k-means over L2-normalised embeddings with faiss (GPU when faiss sees one).
+
+Centroids train on a seeded sample of the pool, then every vector is assigned in batches, so
+memory stays bounded by the batch size. For very large k the two-level mode clusters the pool
+coarsely first and then splits each coarse cluster into its share of the k fine clusters, the
+way large-scale curation pipelines reach millions of clusters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import faiss
+import numpy as np
+
+from tasks.retrieve.config import KMeansConfig
+
+
+class KMeansError(ValueError):
+    """Clustering that cannot run as asked (e.g. more clusters than vectors)."""
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def normalise_rows(x: np.ndarray) -> np.ndarray:
+    """Unit-norm rows (zero rows stay zero), float32."""
+    x = _f32(x)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def gpu_available() -> bool:
+    """Whether this faiss build sees a GPU."""
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def spherical_kmeans(
+    x: np.ndarray,
+    k: int,
+    *,
+    n_iter: int = 20,
+    train_sample: int | None = None,
+    seed: int = 0,
+    use_gpu: bool = True,
+    init_centroids: np.ndarray | None = None,
+    n_redo: int = 1,
+) -> np.ndarray:
+    """Train ``k`` unit-norm centroids on (a seeded sample of) ``x``; returns float32 (k, d)."""
+    n, d = x.shape
+    if k < 1:
+        raise KMeansError(f"k must be >= 1, got {k}")
+    if k > n:
+        raise KMeansError(f"k={k} clusters is larger than the {n} vectors to cluster")
+    rng = np.random.default_rng(seed)
+    if train_sample is not None and n > max(train_sample, k):
+        idx = np.sort(rng.choice(n, size=max(train_sample, k), replace=False))
+        sample = _f32(x[idx])
+    else:
+        sample = _f32(x)
+    if k == 1:
+        return normalise_rows(sample.mean(axis=0, keepdims=True))
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=n_iter,
+        nredo=n_redo if init_centroids is None else 1,
+        spherical=True,
+        seed=int(seed) % (2**31),
+        gpu=bool(use_gpu and gpu_available()),
+        verbose=False,
+        # The sample is already chosen here; faiss must not subsample it again.
+        max_points_per_centroid=max(1, math.ceil(sample.shape[0] / k) + 1),
+        min_points_per_centroid=1,
+    )
+    km.train(sample, init_centroids=None if init_centroids is None else _f32(init_centroids))
+    return normalise_rows(km.centroids)
+
+
+def assign(x: np.ndarray, centroids: np.ndarray, batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid (max inner product) of every row, in batches -> (labels int64, similarities float32)."""
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(_f32(centroids))
+    labels = np.empty(x.shape[0], np.int64)
+    sims = np.empty(x.shape[0], np.float32)
+    for start in range(0, x.shape[0], batch_size):
+        stop = min(start + batch_size, x.shape[0])
+        s, i = index.search(_f32(x[start:stop]), 1)
+        labels[start:stop], sims[start:stop] = i[:, 0], s[:, 0]
+    return labels, sims
+
+
+def split_counts(sizes: np.ndarray, k: int) -> np.ndarray:
+    """Fine clusters per coarse cluster: proportional to size, at least 1, at most size, summing to k."""
+    sizes = np.asarray(sizes, np.int64)
+    if k < len(sizes) or k > sizes.sum():
+        raise KMeansError(f"cannot split {len(sizes)} clusters holding {sizes.sum()} vectors into {k}")
+    share = sizes / sizes.sum() * k
+    counts = np.clip(np.floor(share).astype(np.int64), 1, sizes)
+    remainder = share - np.floor(share)
+    while counts.sum() != k:
+        if counts.sum() < k:
+            room = np.where(counts < sizes, remainder + 1e-9 * sizes, -np.inf)
+            j = int(np.argmax(room))
+            counts[j] += 1
+            remainder[j] -= 1
+        else:
+            room = np.where(counts > 1, -remainder, -np.inf)
+            j = int(np.argmax(room))
+            counts[j] -= 1
+            remainder[j] += 1
+    return counts
+
+
+def two_level_kmeans(x: np.ndarray, k: int, coarse_k: int, *, n_iter: int = 20, train_sample: int | None = None,
+                     seed: int = 0, use_gpu: bool = True, batch_size: int = 65_536) -> np.ndarray:
+    """Coarse k-means into ``coarse_k`` clusters, then each split into its share of ``k`` (sums to k)."""
+    if k > x.shape[0]:
+        raise KMeansError(f"k={k} clusters is larger than the {x.shape[0]} vectors to cluster")
+    coarse_k = min(coarse_k, k)
+    coarse = spherical_kmeans(x, coarse_k, n_iter=n_iter, train_sample=train_sample, seed=seed, use_gpu=use_gpu)
+    labels, _ = assign(x, coarse, batch_size)
+    sizes = np.bincount(labels, minlength=coarse_k)
+    nonempty = np.flatnonzero(sizes)
+    counts = split_counts(sizes[nonempty], k)
+    parts = []
+    per_cluster_sample = None if train_sample is None else max(1, train_sample // coarse_k)
+    for c, kc in zip(nonempty, counts):
+        members = x[labels == c]
+        sample = per_cluster_sample if per_cluster_sample is None else max(per_cluster_sample, int(kc))
+        parts.append(spherical_kmeans(members, int(kc), n_iter=n_iter, train_sample=sample,
+                                      seed=seed + 1 + int(c), use_gpu=use_gpu))
+    return np.concatenate(parts)
+
+
+@dataclass
+class KMeansResult:
+    """Centroids and the assignment of every pool vector."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+    similarities: np.ndarray
+    train_seconds: float
+    assign_seconds: float
+
+    def sizes(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.centroids.shape[0])
+
+
+def fit_kmeans(x: np.ndarray, cfg: KMeansConfig) -> KMeansResult:
+    """Cluster ``x`` as ``cfg`` says (one or two levels) and assign every vector."""
+    if cfg.n_clusters > x.shape[0]:
+        raise KMeansError(f"kmeans.n_clusters={cfg.n_clusters} is larger than the pool ({x.shape[0]} vectors)")
+    start = time.perf_counter()
+    kw = dict(n_iter=cfg.n_iter, train_sample=cfg.train_sample, seed=cfg.seed, use_gpu=cfg.use_gpu)
+    if cfg.coarse_clusters is not None and cfg.coarse_clusters < cfg.n_clusters:
+        centroids = two_level_kmeans(x, cfg.n_clusters, cfg.coarse_clusters, batch_size=cfg.assign_batch, **kw)
+    else:
+        centroids = spherical_kmeans(x, cfg.n_clusters, n_redo=cfg.n_redo, **kw)
+    trained = time.perf_counter()
+    labels, sims = assign(x, centroids, cfg.assign_batch)
+    return KMeansResult(centroids, labels, sims, trained - start, time.perf_counter() - trained)

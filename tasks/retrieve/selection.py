@@ -1,0 +1,161 @@
+"""Turn query sets into pool picks (sample / cluster / as-is rules) and merge them into one selection.
+
+Collisions (one pool image picked by several queries, within a dataset or across datasets)
+are resolved by keeping the pick with the best similarity; the others are counted against
+the dataset that lost them, so the composition table can show what each query set really added.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tasks.retrieve.config import QuerySetConfig
+from tasks.retrieve.kmeans import assign
+from tasks.retrieve.index import BuiltIndex
+
+
+@dataclass
+class Picks:
+    """Candidate pool picks of one query set: parallel arrays, one entry per (query, pool image) pair."""
+
+    dataset: str
+    rule: str
+    pool_rows: np.ndarray  # int64 rows into the pool embeddings
+    query_rows: np.ndarray  # int64 rows into the query set
+    similarity: np.ndarray  # float32 cosine similarity
+    queries: int = 0
+    stats: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.pool_rows.shape[0])
+
+    def take(self, mask_or_idx: np.ndarray) -> "Picks":
+        return Picks(self.dataset, self.rule, self.pool_rows[mask_or_idx], self.query_rows[mask_or_idx],
+                     self.similarity[mask_or_idx], self.queries, dict(self.stats))
+
+
+def _empty(dataset: str, rule: str, queries: int) -> Picks:
+    return Picks(dataset, rule, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), queries)
+
+
+def sample_rule(qs: QuerySetConfig, queries: np.ndarray, index: BuiltIndex) -> Picks:
+    """N nearest pool images per query."""
+    k = min(qs.n_neighbours, index.index.ntotal)
+    sims, ids = index.search(queries, k)
+    qrows = np.repeat(np.arange(queries.shape[0], dtype=np.int64), k)
+    picks = Picks(qs.name, "sample", ids.reshape(-1).astype(np.int64), qrows, sims.reshape(-1).astype(np.float32),
+                  queries.shape[0])
+    return picks.take(picks.pool_rows >= 0)
+
+
+def cluster_rule(
+    qs: QuerySetConfig,
+    queries: np.ndarray,
+    pool: np.ndarray,
+    centroids: np.ndarray,
+    pool_labels: np.ndarray,
+    seed: int = 0,
+) -> Picks:
+    """M random pool images from every cluster holding more than ``min_queries_per_cluster`` queries.
+
+    Each pick is credited to the query of that cluster it is most similar to.
+    """
+    q_labels, _ = assign(queries, centroids)
+    counts = np.bincount(q_labels, minlength=centroids.shape[0])
+    qualifying = np.flatnonzero(counts > qs.min_queries_per_cluster)
+    order = np.argsort(pool_labels, kind="stable")
+    bounds = np.searchsorted(pool_labels[order], np.arange(centroids.shape[0] + 1))
+    pool_rows, query_rows, sims = [], [], []
+    for c in qualifying:
+        members = order[bounds[c] : bounds[c + 1]]
+        if members.size == 0:
+            continue
+        if members.size > qs.per_cluster:
+            rng = np.random.default_rng([seed, int(c)])
+            members = np.sort(rng.choice(members, qs.per_cluster, replace=False))
+        q_in = np.flatnonzero(q_labels == c)
+        s = pool[members] @ queries[q_in].T
+        best = np.argmax(s, axis=1)
+        pool_rows.append(members.astype(np.int64))
+        query_rows.append(q_in[best].astype(np.int64))
+        sims.append(s[np.arange(len(members)), best].astype(np.float32))
+    if not pool_rows:
+        picks = _empty(qs.name, "cluster", queries.shape[0])
+    else:
+        picks = Picks(qs.name, "cluster", np.concatenate(pool_rows), np.concatenate(query_rows),
+                      np.concatenate(sims), queries.shape[0])
+    picks.stats["qualifying_clusters"] = int(len(qualifying))
+    return picks
+
+
+def best_per_pool_row(picks: Picks) -> tuple[Picks, int]:
+    """One pick per pool image (the most similar query wins) -> (picks, collisions dropped)."""
+    if len(picks) == 0:
+        return picks, 0
+    order = np.lexsort((picks.query_rows, -picks.similarity, picks.pool_rows))
+    first = np.ones(len(order), bool)
+    first[1:] = picks.pool_rows[order][1:] != picks.pool_rows[order][:-1]
+    kept = picks.take(np.sort(order[first]))
+    return kept, len(picks) - len(kept)
+
+
+def top_by_similarity(picks: Picks, cap: int | None) -> tuple[Picks, int]:
+    """At most ``cap`` picks, the most similar ones -> (picks, dropped)."""
+    if cap is None or len(picks) <= cap:
+        return picks, 0
+    order = np.lexsort((picks.pool_rows, -picks.similarity))[:cap]
+    return picks.take(np.sort(order)), len(picks) - cap
+
+
+@dataclass
+class Selection:
+    """The merged selection: one row per chosen pool image, plus per-dataset accounting."""
+
+    pool_rows: np.ndarray
+    similarity: np.ndarray
+    dataset_index: np.ndarray  # which entry of ``datasets`` won the image
+    query_rows: np.ndarray
+    datasets: list[Picks]
+    stats: list[dict]
+    dropped_total_cap: int = 0
+
+
+def merge_picks(per_dataset: list[Picks], caps: list[int | None], min_similarity: float = -1.0,
+                max_total: int | None = None) -> Selection:
+    """Per dataset: drop weak picks, resolve its own collisions, apply its cap; then resolve across datasets."""
+    prepared, stats = [], []
+    for picks, cap in zip(per_dataset, caps):
+        candidates = len(picks)
+        picks = picks.take(picks.similarity >= min_similarity)
+        below = candidates - len(picks)
+        picks, within = best_per_pool_row(picks)
+        picks, capped = top_by_similarity(picks, cap)
+        prepared.append(picks)
+        stats.append({"dataset": picks.dataset, "rule": picks.rule, "queries": picks.queries,
+                      "candidates": candidates, "below_min_similarity": below, "collisions": within,
+                      "capped": capped, **picks.stats})
+    if prepared:
+        pool_rows = np.concatenate([p.pool_rows for p in prepared])
+        sims = np.concatenate([p.similarity for p in prepared])
+        qrows = np.concatenate([p.query_rows for p in prepared])
+        ds = np.concatenate([np.full(len(p), i, np.int64) for i, p in enumerate(prepared)])
+    else:
+        pool_rows, sims, qrows, ds = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64),
+                                      np.zeros(0, np.int64))
+    order = np.lexsort((ds, -sims, pool_rows))
+    first = np.ones(len(order), bool)
+    first[1:] = pool_rows[order][1:] != pool_rows[order][:-1]
+    winners, losers = order[first], order[~first]
+    for i in np.bincount(ds[losers], minlength=len(prepared)).nonzero()[0]:
+        stats[i]["collisions"] += int(np.sum(ds[losers] == i))
+    dropped = 0
+    if max_total is not None and len(winners) > max_total:
+        keep = np.lexsort((pool_rows[winners], -sims[winners]))[:max_total]
+        dropped = len(winners) - max_total
+        winners = winners[keep]
+    winners = winners[np.argsort(pool_rows[winners], kind="stable")]
+    for i, s in enumerate(stats):
+        s["selected"] = int(np.sum(ds[winners] == i))
+    return Selection(pool_rows[winners], sims[winners], ds[winners], qrows[winners], prepared, stats, dropped)
