@@ -28,6 +28,8 @@ class _Worker:
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
         self.pending: collections.deque[asyncio.Future] = collections.deque()
+        self.retired = False
+        self.successor_ready = asyncio.Event()
         self.reader = asyncio.ensure_future(self._read_answers())
 
     async def _read_answers(self) -> None:
@@ -52,6 +54,8 @@ class _Worker:
 
     async def ask(self, payload: bytes) -> bytes:
         assert self.proc.stdin is not None
+        if self.reader.done() or self.retired:
+            raise WorkerDied()
         fut = asyncio.get_running_loop().create_future()
         self.pending.append(fut)
         try:
@@ -110,25 +114,35 @@ class DecodePool:
         self._live = []
 
     async def _replace(self, worker: _Worker) -> None:
-        if worker in self._live:
-            self._live.remove(worker)
+        if worker.retired:  # another request on the same worker is already replacing it
+            await worker.successor_ready.wait()
+            return
+        worker.retired = True
+        try:
+            self._live[self._live.index(worker)] = await self._spawn()
             self.replaced += 1
-            self._live.append(await self._spawn())
+        finally:
+            worker.successor_ready.set()
         await worker.kill()
 
     async def run(self, data: bytes, params: ImageParams) -> Processed | Refused:
         assert self._slots is not None, "use DecodePool as an async context manager"
         payload = pickle.dumps((data, params), protocol=pickle.HIGHEST_PROTOCOL)
         async with self._slots:
-            for _ in range(2):
-                worker = min(self._live, key=lambda w: len(w.pending))
+            tries = 0
+            while tries < 2:
+                worker = min(self._live, key=lambda w: (w.retired, len(w.pending)))
+                if worker.retired:  # all workers are being replaced: wait for a successor
+                    await worker.successor_ready.wait()
+                    continue
                 try:
                     answer = await asyncio.wait_for(worker.ask(payload), self.timeout)
                 except asyncio.TimeoutError:
                     await self._replace(worker)
                     return Refused(reasons.DECODE_TIMEOUT, f"no answer within {self.timeout:g} s")
                 except WorkerDied:
-                    await self._replace(worker)  # died on this image or a neighbour's: try once more
+                    tries += 1  # died on this image or a neighbour's: try once more on a fresh worker
+                    await self._replace(worker)
                     continue
                 return pickle.loads(answer)
         return Refused(reasons.WORKER_CRASHED, "decode worker died twice on this image")

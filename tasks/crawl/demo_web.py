@@ -251,8 +251,7 @@ def build_demo_web(directory: str | os.PathLike, n_images: int = 100, seed: int 
     good: list[str] = []
     refs: list[str] = []  # one HTML snippet per picture
     for i, img in enumerate(pictures):
-        roll = rng.random()
-        host = SLOW if roll < 0.05 else FLAKY if roll < 0.08 else CDN
+        host = SLOW if i % 20 == 1 else FLAKY if i % 33 == 2 else CDN
         if i % 17 == 3 and img.mode == "RGB":
             data, ext = _jpeg_with_orientation(img, 6), "jpg"  # rotated 90 degrees by EXIF
         elif i % 5 == 0:
