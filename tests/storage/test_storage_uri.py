@@ -83,3 +83,28 @@ def test_config_from_env(monkeypatch):
         StorageConfig(max_attempts=0)
     with pytest.raises(ValueError):
         StorageConfig(bogus=1)
+
+
+def test_configure_overrides_environment(s3_env, s3_root):
+    from storage.uri import StorageUnavailable, configure, current_config
+    from tests.support.s3_server import free_port
+
+    write_bytes_atomic(join(s3_root, "x"), b"1")
+    dead = f"http://127.0.0.1:{free_port()}"
+    configure(StorageConfig(endpoint_url=dead, connect_timeout=1, max_attempts=1))
+    try:
+        assert current_config().endpoint_url == dead
+        with pytest.raises(StorageUnavailable, match=dead):
+            read_bytes(join(s3_root, "x"))
+    finally:
+        configure(None)
+    assert read_bytes(join(s3_root, "x")) == b"1"
+
+
+def test_plain_webdataset_open_of_missing_s3_shard_names_it(s3_root):
+    import webdataset as wds
+
+    import storage.shards  # noqa: F401  (registers the s3 scheme)
+
+    with pytest.raises(FileNotFoundError, match="nope.tar"):
+        wds.gopen(join(s3_root, "nope.tar"))
