@@ -50,6 +50,14 @@ class CropsConfig(_Section):
     local_crops_number: int = Field(8, ge=0, le=16, description="Local crops per image.")
     global_crops_scale: tuple[float, float] = Field((0.32, 1.0), description="Area fraction range of global crops.")
     local_crops_scale: tuple[float, float] = Field((0.05, 0.32), description="Area fraction range of local crops.")
+    hflip_p: float = Field(0.5, ge=0, le=1, description="Horizontal flip probability.")
+    color_jitter_p: float = Field(0.8, ge=0, le=1, description="Probability of colour jitter per crop.")
+    brightness: float = Field(0.4, ge=0, le=1, description="Colour jitter brightness strength.")
+    contrast: float = Field(0.4, ge=0, le=1, description="Colour jitter contrast strength.")
+    saturation: float = Field(0.2, ge=0, le=1, description="Colour jitter saturation strength.")
+    hue: float = Field(0.1, ge=0, le=0.5, description="Colour jitter hue strength.")
+    grayscale_p: float = Field(0.2, ge=0, le=1, description="Probability of converting a crop to grayscale.")
+    solarize_p: float = Field(0.2, ge=0, le=1, description="Solarisation probability of the second global crop.")
     blur: Literal["paper", "official"] = Field(
         "paper",
         description="'paper': blur p=1.0/0.1/0.5 (global 1/global 2/local); 'official': the released code's "
@@ -174,6 +182,9 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0, description="Seed of weights, data order, crops and masks.")
     nproc: int = Field(1, ge=1, le=1024, description="Processes (GPUs, or CPU processes with gloo) for the run.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device: 'auto' picks CUDA when present.")
+    cpu_threads: int = Field(
+        0, ge=0, le=256, description="torch intra-op threads per process on CPU (0: torch's default)."
+    )
     log_every_steps: int = Field(1, ge=1, description="Metrics rows are written every this many steps.")
 
     def global_batch(self, world_size: int) -> int:

@@ -341,6 +341,9 @@ class ResumableLoader:
             num_workers=num_workers,
             persistent_workers=False,
             prefetch_factor=2 if num_workers else None,
+            # Its own generator: drawing the workers' base seed must not consume the global RNG
+            # (stochastic depth draws from it, and a resumed run restores it exactly).
+            generator=torch.Generator().manual_seed(_mix(seed, rank)),
         )
         self._iter: Iterator | None = None
 
