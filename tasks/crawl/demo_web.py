@@ -457,18 +457,21 @@ class DemoServer:
         mapping[INTRANET] = "10.0.0.5:80"
         return mapping
 
-    def crawl_config(self, **overrides):
-        """A CrawlConfig that crawls the demo web: loopback allowlisted, blocklist loaded, short timeouts."""
-        from tasks.crawl.config import CrawlConfig
-
-        values = dict(
+    def crawl_settings(self) -> dict:
+        """CrawlConfig fields under which every case in expected.json gets its listed reason: loopback
+        allowlisted, the resolve map, the blocklist, an /ads/ pattern, a 2 MB body cap and short timeouts."""
+        return dict(
             resolve=self.resolve, allow_private_networks=["127.0.0.1/32"],
             domain_blocklist_uris=[str(self.web.blocklist)], exclude_url_patterns=[r"/ads/"],
             max_bytes=2_000_000, read_timeout=1.0, request_timeout=3.0, connect_timeout=2.0,
             retries=2, backoff_base=0.02, backoff_max=0.5,
         )
-        values.update(overrides)
-        return CrawlConfig(**values)
+
+    def crawl_config(self, **overrides):
+        """A CrawlConfig that crawls this demo web (crawl_settings, then `overrides`)."""
+        from tasks.crawl.config import CrawlConfig
+
+        return CrawlConfig(**{**self.crawl_settings(), **overrides})
 
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__stats__", timeout=5) as r:
