@@ -104,6 +104,10 @@ class RetrieveConfig(BaseModel):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"query set names must be unique, repeated: {dupes}")
-        if self.strategy == "retrieval" and not self.queries:
-            raise ValueError("strategy 'retrieval' needs at least one query set")
         return self
+
+    def require_queries(self) -> None:
+        """The retrieval strategy cannot run without query sets; checked when a run starts, so that
+        the defaults stay a valid (empty) form in the Prefect UI."""
+        if self.strategy == "retrieval" and not self.queries:
+            raise ValueError("retrieve.queries: strategy 'retrieval' needs at least one query set")
