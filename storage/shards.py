@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from storage.commit import read_commit
 from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import (
     _local_temp_name,
@@ -314,16 +315,22 @@ def write_manifest(stage_uri: str, shards: list[ShardInfo]) -> str:
     return uri
 
 
-def read_manifest(stage_uri: str) -> pa.Table:
-    """The stage's ``manifest.parquet`` (url, name, nsamples, nbytes, sha256, md5 per shard)."""
+def read_manifest(stage_uri: str, require_commit: bool = True) -> pa.Table:
+    """The stage's ``manifest.parquet`` (url, name, nsamples, nbytes, sha256, md5 per shard).
+
+    A consumer only ever sees a committed stage's manifest (StageNotCommitted otherwise);
+    the stage that is writing it passes ``require_commit=False``.
+    """
+    if require_commit:
+        read_commit(stage_uri)
     return read_table(join(stage_uri, MANIFEST_FILE), schema=SCHEMAS["shards.manifest"])
 
 
-def manifest_shards(stage_uri: str) -> list[ShardInfo]:
-    """The manifest as :class:`ShardInfo` records."""
+def manifest_shards(stage_uri: str, require_commit: bool = True) -> list[ShardInfo]:
+    """The manifest as :class:`ShardInfo` records (committed stages only, unless told otherwise)."""
     return [
         ShardInfo(url=r["url"], nsamples=r["nsamples"], nbytes=r["nbytes"], sha256=r["sha256"], md5=r["md5"])
-        for r in read_manifest(stage_uri).to_pylist()
+        for r in read_manifest(stage_uri, require_commit=require_commit).to_pylist()
     ]
 
 

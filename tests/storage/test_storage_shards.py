@@ -6,6 +6,7 @@ import tarfile
 import pyarrow as pa
 import pytest
 
+from storage.commit import StageNotCommitted, commit_stage
 from storage.shards import (
     ShardInfo,
     ShardWriter,
@@ -120,7 +121,11 @@ def test_manifest_and_wids_index(storage_root):
     infos = [_write(join(stage, f"lvd-{i:06d}.tar"), _samples(3 + i, start=10 * i)) for i in range(3)]
     uri = write_manifest(stage, infos)
     assert uri == join(stage, "manifest.parquet")
-    table = read_manifest(stage)
+    with pytest.raises(StageNotCommitted, match="not committed"):
+        read_manifest(stage)
+    table = read_manifest(stage, require_commit=False)
+    commit_stage(stage, stage="shards", config_digest="c", input_digest="i", counts={"samples": 12})
+    assert read_manifest(stage) == table
     assert isinstance(table, pa.Table)
     assert table.column("nsamples").to_pylist() == [3, 4, 5]
     assert table.column("name").to_pylist() == [f"lvd-{i:06d}.tar" for i in range(3)]
@@ -141,6 +146,7 @@ def test_wids_reads_the_index(tmp_path):
     stage = str(tmp_path / "lvd" / "v1" / "shards")
     infos = [_write(join(stage, f"lvd-{i:06d}.tar"), _samples(3, start=3 * i)) for i in range(2)]
     write_manifest(stage, infos)
+    commit_stage(stage, stage="shards", config_digest="c", input_digest="i", counts={})
     ds = wids.ShardListDataset(wids_index_uri(stage), cache_dir=str(tmp_path / "cache"), transformations=[])
     assert len(ds) == 6
     sample = ds[4]
