@@ -5,8 +5,8 @@ Layout under ``{root}/{dataset}/{version}/{stage}/``:
 * data files (shards, tables), each written atomically;
 * ``_parts/{part}.json`` for every finished unit of work, written after that part's files,
   so an interrupted run can reuse finished parts;
-* ``_STARTED.json``: the config and input digests of the run that produced the parts, so parts
-  from a run with other settings are discarded instead of silently mixed in;
+* ``_STARTED.json``: the config and input digests of the run that produced the parts, so the
+  output of a run with other settings is discarded instead of silently mixed in;
 * ``_COMMITTED.json``, written last: stage, digests, counts, code version, time, total bytes.
 
 Readers call :func:`read_commit` (or :func:`require_committed`) before touching a stage;
@@ -200,7 +200,7 @@ def begin_stage(stage_uri: str, *, stage: str, config_digest: str, input_digest:
     * committed with the same digests: ``skip`` (nothing to do);
     * committed with other digests: :class:`StageConflict` (versions are immutable);
     * uncommitted, parts from a run with the same digests: those parts are reused;
-    * uncommitted, parts from a run with other digests: the old parts are removed.
+    * uncommitted, left by a run with other digests: its files and parts are removed.
     """
     _check_name("stage", stage)
     try:
@@ -224,7 +224,11 @@ def begin_stage(stage_uri: str, *, stage: str, config_digest: str, input_digest:
         previous = None
     same = previous is not None and all(previous.get(k) == v for k, v in started.items())
     if not same:
-        remove(join(stage_uri, PARTS_DIR), recursive=True)
+        if previous is not None:
+            # everything here came from a run with other settings: none of it may leak into this one
+            remove(stage_uri, recursive=True)
+        else:
+            remove(join(stage_uri, PARTS_DIR), recursive=True)
         write_bytes_atomic(started_uri, canonical_json(dict(started, started_at=_now())))
         return StagePlan(stage_uri, skip=False)
     return StagePlan(stage_uri, skip=False, done=done_parts(stage_uri))
@@ -275,10 +279,18 @@ def commit_stage(
     return record
 
 
+# Fields of a commit record that say when and by which build it was written, not what it holds.
+_CIRCUMSTANTIAL = ("committed_at", "code_version")
+
+
 def digest_of_commit(stage_uri: str) -> str:
-    """Input digest for the next stage: sha256 of this stage's ``_COMMITTED.json`` bytes."""
-    read_commit(stage_uri)
-    return hashlib.sha256(read_bytes(join(stage_uri, COMMIT_FILE))).hexdigest()
+    """Input digest for the next stage: sha256 of what this stage's commit says it holds.
+
+    The time and code version are left out, so recommitting identical output (after an
+    interrupted run, or with a newer build) does not invalidate the stages downstream.
+    """
+    record = read_commit(stage_uri)
+    return hashlib.sha256(canonical_json({k: v for k, v in record.items() if k not in _CIRCUMSTANTIAL})).hexdigest()
 
 
 def latest_uri(root: str, dataset: str) -> str:

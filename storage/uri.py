@@ -93,6 +93,7 @@ def _s3_fs(cfg: StorageConfig) -> fsspec.AbstractFileSystem:
         cfg.connect_timeout,
         cfg.read_timeout,
         cfg.max_attempts,
+        cfg.multipart_chunksize,
         os.environ.get("AWS_ACCESS_KEY_ID"),
         os.environ.get("AWS_SECRET_ACCESS_KEY"),
         os.environ.get("AWS_SESSION_TOKEN"),

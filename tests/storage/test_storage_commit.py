@@ -18,7 +18,7 @@ from storage.commit import (
     read_latest,
     stage_uri,
 )
-from storage.uri import join, read_bytes, write_bytes_atomic
+from storage.uri import exists, join, read_bytes, write_bytes_atomic
 
 
 class _Cfg(BaseModel):
@@ -66,9 +66,11 @@ def test_commit_records_and_digests(storage_root):
     assert not is_committed(uri, "c2", "i1") and not is_committed(uri, "c1", "i2")
     d = digest_of_commit(uri)
     assert len(d) == 64
-    import hashlib
-
-    assert d == hashlib.sha256(read_bytes(join(uri, "_COMMITTED.json"))).hexdigest()
+    # Recommitting the same content later (new time) keeps the digest; other content changes it.
+    again = commit_stage(uri, stage="crawl", config_digest="c1", input_digest="i1", counts={"images": 3})
+    assert again["committed_at"] >= rec["committed_at"] and digest_of_commit(uri) == d
+    commit_stage(uri, stage="crawl", config_digest="c1", input_digest="i1", counts={"images": 4})
+    assert digest_of_commit(uri) != d
 
 
 def test_rerun_skips_resumes_or_refuses(storage_root):
@@ -81,9 +83,11 @@ def test_rerun_skips_resumes_or_refuses(storage_root):
     # interrupted before batch-1: the rerun reuses batch-0
     plan = begin_stage(uri, stage="embed", config_digest="c", input_digest="i")
     assert plan.done == {"batch-0": {"rows": 10}} and plan.is_done("batch-0") and not plan.is_done("batch-1")
-    # a different config discards parts from the old settings
+    write_bytes_atomic(join(uri, "embeddings-000000.npy"), b"old")
+    # a different config discards the old run's parts and files
     plan = begin_stage(uri, stage="embed", config_digest="c2", input_digest="i")
     assert plan.done == {} and part_done(uri, "batch-0") is None
+    assert not exists(join(uri, "embeddings-000000.npy"))
     mark_part_done(uri, "batch-0", {"rows": 10})
     mark_part_done(uri, "batch-1", {"rows": 5})
     with pytest.raises(StageNotCommitted, match="1 of 3 parts"):
