@@ -9,6 +9,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from storage.config import StorageConfig
 from tasks.crawl.config import CrawlConfig
+from tasks.dedup.config import DedupConfig
+from tasks.embed.config import EmbedConfig
+from tasks.retrieve.config import RetrieveConfig
+from tasks.shard.config import ShardConfig
 
 
 class CurateConfig(BaseModel):
@@ -27,7 +31,11 @@ class CurateConfig(BaseModel):
         description="Crawl inputs: WARC files (.warc, .warc.gz), HTML files, or text files of page URLs "
         "(.txt, one per line), as local paths, file:// or s3:// URIs.",
     )
-    crawl: CrawlConfig = Field(default_factory=CrawlConfig)
+    crawl: CrawlConfig = Field(default_factory=CrawlConfig, description="Fetching and storing images.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact, perceptual and copy dedup; eval-set decontamination.")
+    embed: EmbedConfig = Field(default_factory=EmbedConfig, description="The backbone that embeds pool and queries.")
+    retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig, description="k-means, index and selection rules per query set.")
+    shard: ShardConfig = Field(default_factory=ShardConfig, description="The curated WebDataset shards.")
 
 
 def curate_fields() -> set[str]:

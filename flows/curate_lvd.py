@@ -10,11 +10,20 @@ from prefect import flow, get_run_logger
 
 from flows.config import CurateConfig, PipelineConfig
 from flows.reporting import publish_stage_summary
-from flows.stages import run_stage, use_storage
+from flows.stages import map_parts, prefect_task, run_stage, use_storage, write_stage_config
 from lvd.config import load_config
 from storage import uri as storage_uri
-from storage.commit import config_digest, stage_uri
+from storage.commit import config_digest, digest_of_commit, publish_latest, read_commit, stage_uri
+from storage.shards import manifest_shards
+from storage.uri import basename
 from tasks.crawl import stage as crawl
+from tasks.dedup import stage as dedup
+from tasks.dedup.embedder import load_copy_embedder
+from tasks.embed import run as embed
+from tasks.retrieve.run import run_retrieve
+from tasks.shard.write import write_curated_shards
+
+CURATE_STAGES = ["crawl", "dedup", "embed", "retrieve", "shards"]
 
 
 def crawl_input_digest(parts: list) -> str:
@@ -26,8 +35,6 @@ def crawl_input_digest(parts: list) -> str:
 
 def run_crawl(cfg: CurateConfig) -> tuple[str, dict]:
     out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "crawl")
-    if not cfg.inputs:
-        raise ValueError("curate-lvd needs at least one crawl input (inputs: WARC, HTML or URL-list files)")
     parts = crawl.plan_crawl_parts(cfg.inputs, cfg.crawl)
     digest = crawl_input_digest(parts)
     commit = run_stage(
@@ -41,6 +48,74 @@ def run_crawl(cfg: CurateConfig) -> tuple[str, dict]:
         part_label=lambda part: part.name,
     )
     return out, commit
+
+
+def run_dedup(cfg: CurateConfig, pool_uri: str) -> tuple[str, dict]:
+    """Hash and describe every pool shard (mapped), then one global search and decision."""
+    out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "dedup")
+    embedder = load_copy_embedder(cfg.dedup)
+    prep = prefect_task(dedup.dedup_prepare, name="dedup-prepare")(pool_uri, out, cfg.dedup, embedder)
+    if prep["skip"]:
+        get_run_logger().info("dedup: committed with the same config and input, skipping (%s)", out)
+        return out, read_commit(out)
+    write_stage_config(out, cfg.dedup)
+    map_parts("dedup", prep["shards"], lambda shard: dedup.dedup_shard_part(shard, out, cfg.dedup, embedder),
+              part_label=basename)
+    commit = prefect_task(dedup.dedup_finalize, name="dedup-finalize")(pool_uri, out, cfg.dedup, embedder)
+    return out, commit
+
+
+def run_embed(cfg: CurateConfig, pool_uri: str, dedup_uri: str) -> tuple[str, dict]:
+    """Embed the kept pool images shard by shard, and every query set, with one backbone."""
+    out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "embed")
+    queries = cfg.retrieve.queries
+    digest = config_digest({"dedup": digest_of_commit(dedup_uri),
+                            "queries": [q.model_dump(mode="json") for q in queries]})
+    keep = embed.keep_keys_by_shard(dedup_uri)
+    shards = [s.url for s in manifest_shards(pool_uri)]
+    parts = [("pool", i, url) for i, url in enumerate(shards)] + [("queries", q.name, q) for q in queries]
+
+    def run_part(part) -> dict:
+        kind, ident, item = part
+        if kind == "pool":
+            name = basename(item)
+            kept = keep.get(name, keep.get(name.removesuffix(".tar"), []))
+            return embed.embed_shard(item, kept, out, cfg.embed, index=ident)
+        return embed.embed_query_set(item, out, cfg.embed)
+
+    def finalize(summaries: list[dict]) -> dict:
+        pool = [s for s, p in zip(summaries, parts) if p[0] == "pool"]
+        query = [s for s, p in zip(summaries, parts) if p[0] == "queries"]
+        return embed.finalize_embed(out, pool, cfg.embed, digest, query)
+
+    commit = run_stage(stage="embed", stage_uri=out, config=cfg.embed, input_digest=digest, parts=parts,
+                       run_part=run_part, finalize=finalize, part_label=lambda p: f"{p[0]}-{p[1]}")
+    return out, commit
+
+
+def run_retrieval(cfg: CurateConfig, embed_uri: str) -> tuple[str, dict]:
+    out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "retrieve")
+    write_stage_config(out, cfg.retrieve)
+    return out, prefect_task(run_retrieve, name="retrieve")(embed_uri, out, cfg.retrieve)
+
+
+def run_shards(cfg: CurateConfig, retrieve_uri: str, pool_uri: str) -> tuple[str, dict]:
+    out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "shards")
+    write_stage_config(out, cfg.shard)
+    commit = prefect_task(write_curated_shards, name="shards")(retrieve_uri, pool_uri, out, cfg.shard,
+                                                                cfg.retrieve.queries)
+    return out, commit
+
+
+def check_before_start(cfg: CurateConfig) -> None:
+    """Every configuration error that can be found without data, before any stage runs."""
+    if not cfg.inputs:
+        raise ValueError("inputs: curate-lvd needs at least one crawl input (WARC, HTML or URL-list files)")
+    cfg.retrieve.require_queries()
+    from tasks.retrieve.queries import check_query_set
+
+    for qs in cfg.retrieve.queries:
+        check_query_set(qs)
 
 
 def resolve_version(version: str) -> str:
@@ -59,9 +134,20 @@ def curate_lvd(cfg: CurateConfig) -> dict:
     logger = get_run_logger()
     cfg = cfg.model_copy(update={"version": resolve_version(cfg.version)})
     use_storage(cfg.storage)
+    check_before_start(cfg)
     stages: dict[str, dict] = {}
-    crawl_uri, crawl_commit = run_crawl(cfg)
-    stages["crawl"] = {"uri": crawl_uri, "counts": crawl_commit.get("counts", {})}
+
+    def record(name: str, result: tuple[str, dict]) -> str:
+        uri, commit = result
+        stages[name] = {"uri": uri, "counts": commit.get("counts", {})}
+        return uri
+
+    crawl_uri = record("crawl", run_crawl(cfg))
+    dedup_uri = record("dedup", run_dedup(cfg, crawl_uri))
+    embed_uri = record("embed", run_embed(cfg, crawl_uri, dedup_uri))
+    retrieve_uri = record("retrieve", run_retrieval(cfg, embed_uri))
+    record("shards", run_shards(cfg, retrieve_uri, crawl_uri))
+    publish_latest(cfg.storage.root, cfg.dataset, cfg.version, CURATE_STAGES)
     publish_stage_summary("curate-lvd", cfg.dataset, cfg.version, stages)
     logger.info("curate-lvd finished: %s", {k: v["counts"] for k, v in stages.items()})
     return {"dataset": cfg.dataset, "version": cfg.version, "stages": stages}

@@ -42,6 +42,45 @@ def prefect_task(fn: Callable, name: str, retries: int = 0, tags: Sequence[str] 
                 persist_result=False, tags=list(tags))
 
 
+def write_stage_config(stage_uri: str, config: Any) -> None:
+    """Keep the settings beside the outputs (`lvd info` shows them)."""
+    data = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+    write_bytes_atomic(join(stage_uri, CONFIG_FILE), canonical_json(data))
+
+
+def map_parts(
+    stage: str,
+    parts: list,
+    run_part: Callable[[Any], dict],
+    part_label: Callable[[Any], str] = str,
+    part_retries: int = 1,
+) -> list[dict]:
+    """One Prefect task run per part on the flow's task runner; progress as an artifact.
+
+    Every part runs to its end even when others fail; then all failures are raised together,
+    while the finished parts stay marked done in storage for the rerun.
+    """
+    part_task = prefect_task(run_part, name=f"{stage}-part", retries=part_retries, tags=[f"lvd-{stage}"])
+    progress = create_progress_artifact(progress=0.0, description=f"{stage}: parts finished")
+    futures = [part_task.with_options(task_run_name=f"{stage}-{part_label(p)}").submit(p) for p in parts]
+    index = {id(f): i for i, f in enumerate(futures)}
+    summaries: list[dict | None] = [None] * len(futures)
+    failures: list[str] = []
+    for finished, future in enumerate(as_completed(futures), start=1):
+        i = index[id(future)]
+        try:
+            summaries[i] = future.result()
+        except Exception as err:  # a failed part is reported with the others, never hides them
+            failures.append(f"{part_label(parts[i])}: {type(err).__name__}: {err}")
+        update_progress_artifact(progress, progress=100.0 * finished / max(len(parts), 1))
+    if failures:
+        raise StageFailed(
+            f"{stage}: {len(failures)} of {len(parts)} parts failed; finished parts are kept for the rerun:\n  "
+            + "\n  ".join(failures[:10])
+        )
+    return summaries
+
+
 def run_stage(
     *,
     stage: str,
@@ -65,26 +104,9 @@ def run_stage(
     if plan.skip:
         logger.info("%s: committed with the same config and input, skipping (%s)", stage, stage_uri)
         return plan.commit
-    write_bytes_atomic(join(stage_uri, CONFIG_FILE), canonical_json(config.model_dump(mode="json")))
+    write_stage_config(stage_uri, config)
     logger.info("%s: %d parts, %d already done from an earlier run", stage, len(parts), len(plan.done))
-    part_task = prefect_task(run_part, name=f"{stage}-part", retries=part_retries, tags=[f"lvd-{stage}"])
-    progress = create_progress_artifact(progress=0.0, description=f"{stage}: parts finished")
-    futures = [part_task.with_options(task_run_name=f"{stage}-{part_label(p)}").submit(p) for p in parts]
-    index = {id(f): i for i, f in enumerate(futures)}
-    summaries: list[dict | None] = [None] * len(futures)
-    failures: list[str] = []
-    for finished, future in enumerate(as_completed(futures), start=1):
-        i = index[id(future)]
-        try:
-            summaries[i] = future.result()
-        except Exception as err:  # a failed part is reported with the others, never hides them
-            failures.append(f"{part_label(parts[i])}: {type(err).__name__}: {err}")
-        update_progress_artifact(progress, progress=100.0 * finished / max(len(parts), 1))
-    if failures:
-        raise StageFailed(
-            f"{stage}: {len(failures)} of {len(parts)} parts failed; finished parts are kept for the rerun:\n  "
-            + "\n  ".join(failures[:10])
-        )
+    summaries = map_parts(stage, parts, run_part, part_label, part_retries)
     commit = prefect_task(finalize, name=f"{stage}-finalize")(summaries)
     logger.info("%s committed: %s", stage, commit.get("counts"))
     return commit

@@ -13,6 +13,39 @@ from flows.config import PipelineConfig
 from lvd.config import apply_overrides, preset_path, validate
 
 DEMO_IMAGES = 600
+QUERIES_PER_CLASS = 10
+EVAL_IMAGES = 200
+
+
+def write_image_folder(root: Path, images, labels, names: list[str], side: int = 112) -> Path:
+    """Fashion-MNIST arrays as `root/<class>/<i>.png`, the image-folder layout query sets accept."""
+    from PIL import Image
+
+    for i, (img, label) in enumerate(zip(images, labels)):
+        folder = root / names[int(label)].replace("/", "-").replace(" ", "-")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img, "L").resize((side, side), Image.Resampling.BICUBIC).save(folder / f"{i:05d}.png")
+    return root
+
+
+def write_demo_sets(web_dir: Path) -> tuple[Path, Path]:
+    """A curated query set (Fashion-MNIST train, 10 per class) and an evaluation set to decontaminate
+    against (Fashion-MNIST test): the first drives retrieval, the second must stay out of the pool."""
+    import numpy as np
+
+    from tasks.datasets import fashion_mnist
+
+    queries, evalset = web_dir / "queries" / "fashion-mnist", web_dir / "evalsets" / "fashion-mnist-test"
+    if not queries.exists():
+        train = fashion_mnist.load("train")
+        rng = np.random.default_rng(7)
+        picks = np.concatenate([rng.choice(np.flatnonzero(train.labels == c), QUERIES_PER_CLASS, replace=False)
+                                for c in range(10)])
+        write_image_folder(queries, train.images[picks], train.labels[picks], fashion_mnist.CLASS_NAMES)
+    if not evalset.exists():
+        test = fashion_mnist.load("test")
+        write_image_folder(evalset, test.images[:EVAL_IMAGES], test.labels[:EVAL_IMAGES], fashion_mnist.CLASS_NAMES)
+    return queries, evalset
 
 
 def demo_config(config: str, overrides: list[str], server, web) -> PipelineConfig:
@@ -25,6 +58,14 @@ def demo_config(config: str, overrides: list[str], server, web) -> PipelineConfi
     crawl["domain_blocklist_uris"] = [str(web.blocklist)]
     crawl.setdefault("allow_private_networks", ["127.0.0.1/32"])
     data["crawl"] = crawl
+    queries, evalset = write_demo_sets(Path(web.root))
+    retrieve = dict(data.get("retrieve") or {})
+    retrieve.setdefault("queries", [{"name": "fashion-mnist", "uri": str(queries), "rule": "sample",
+                                     "n_neighbours": 4}])
+    data["retrieve"] = retrieve
+    dedup = dict(data.get("dedup") or {})
+    dedup.setdefault("eval_sets", [str(evalset)])
+    data["dedup"] = dedup
     data.setdefault("inputs", [str(web.warc)])
     data = apply_overrides(PipelineConfig, data, overrides)
     return validate(PipelineConfig, data)
