@@ -219,3 +219,14 @@ def test_wrong_credentials_are_refused_clearly(s3_env, root, monkeypatch):
     clear_fs_cache()
     with pytest.raises((PermissionError, StorageError), match="s3://"):
         write_bytes_atomic(join(root, "x"), b"1")
+
+
+def test_connection_cut_mid_download_is_retried_or_refused(root, proxy):
+    uri = join(root, "shards", "lvd-000000.tar")
+    info = _big_shard(uri, nsamples=3, size=MiB)
+    proxy.truncate(method="GET", after_bytes=100_000, times=1)
+    assert [k for k, _ in iter_samples(uri, expected_sha256=info.sha256)] == ["000000", "000001", "000002"]
+    assert proxy.requests("GET")[0].outcome == "truncated"
+    proxy.truncate(method="GET", after_bytes=100_000, times=-1)
+    with pytest.raises(StorageError, match="lvd-000000.tar"):
+        list(iter_samples(uri))

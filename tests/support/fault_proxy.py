@@ -22,13 +22,13 @@ _ERROR_CODES = {500: "InternalError", 502: "BadGateway", 503: "SlowDown", 504: "
 
 @dataclass
 class Rule:
-    action: str  # "status" or "drop"
+    action: str  # "status", "drop" (cut the request) or "truncate" (cut the answer's body)
     method: str | None = None
     path: str | None = None  # regex searched in the path (without query)
     query: str | None = None  # regex searched in the query string
     times: int = 1  # how many matching requests fail; -1 = all
     status: int = 503
-    after_bytes: int = 1024  # for "drop": body bytes read before the connection is cut
+    after_bytes: int = 1024  # body bytes read ("drop") or sent ("truncate") before the cut
 
     def matches(self, method: str, path: str, query: str) -> bool:
         if self.times == 0:
@@ -71,6 +71,9 @@ class FaultProxy:
 
     def drop(self, *, after_bytes: int = 1024, times: int = 1, method=None, path=None, query=None) -> Rule:
         return self._add(Rule("drop", method, path, query, times, after_bytes=after_bytes))
+
+    def truncate(self, *, after_bytes: int = 1024, times: int = 1, method=None, path=None, query=None) -> Rule:
+        return self._add(Rule("truncate", method, path, query, times, after_bytes=after_bytes))
 
     def clear(self) -> None:
         with self._lock:
@@ -143,7 +146,7 @@ class FaultProxy:
                         pass
                     return
                 body = self._read_body()
-                if rule is not None:
+                if rule is not None and rule.action == "status":
                     code = _ERROR_CODES.get(rule.status, "InternalError")
                     payload = (
                         f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
@@ -178,6 +181,16 @@ class FaultProxy:
                     if method != "HEAD":
                         self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
+                    if rule is not None and rule.action == "truncate" and method != "HEAD":
+                        self.wfile.write(data[: rule.after_bytes])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        try:
+                            self.connection.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                        proxy._record(Logged(method, path, query, "truncated"))
+                        return
                     if method != "HEAD":
                         self.wfile.write(data)
                     proxy._record(Logged(method, path, query, f"forwarded {resp.status}"))
