@@ -451,6 +451,16 @@ class DemoServer:
     web: DemoWeb
 
     @property
+    def base_url(self) -> str:
+        """Where the server listens; a request's Host header picks the virtual host."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def site_urls(self) -> dict[str, str]:
+        """Base URL of each virtual host, as pages and crawl records name them (reached via `resolve`)."""
+        return {host: f"http://{host}/" for host in HOSTS}
+
+    @property
     def resolve(self) -> dict[str, str]:
         """CrawlConfig.resolve for this server: every demo host to 127.0.0.1:port, the intranet host to 10/8."""
         mapping = {h: f"127.0.0.1:{self.port}" for h in HOSTS}

@@ -155,6 +155,7 @@ class _PartRun:
         self.params = ImageParams(cfg.max_pixels, cfg.min_side, cfg.max_aspect_ratio, cfg.max_side, cfg.jpeg_quality)
         self.bytes_in = 0
         self.bytes_out = 0
+        self.requests = 0
 
     # pages ------------------------------------------------------------------------------------------------
     def add_page_row(self, url: str, source: str, status: str, reason: str = "", detail: str = "",
@@ -307,7 +308,7 @@ async def _crawl(run: _PartRun) -> None:
             lines = read_url_lines(part.uris[0])[part.start : part.stop]
             await run.fetch_pages(fetcher, lines, part.uris[0])
         await run.download(fetcher, pool)
-        run.fetcher_requests = fetcher.requests
+        run.requests = fetcher.requests
 
 
 def part_records_uri(stage_uri: str, part: CrawlPart) -> str:
@@ -348,7 +349,7 @@ def crawl_part(part: CrawlPart, stage_uri: str, cfg: CrawlConfig) -> dict:
         "reasons": dict(Counter(r["reason"] for r in run.rows if r["reason"])),
         "bytes_downloaded": run.bytes_in,
         "bytes_stored": run.bytes_out,
-        "requests": getattr(run, "fetcher_requests", 0),
+        "requests": run.requests,
         "seconds": round(time.monotonic() - started, 3),
     }
     mark_part_done(stage_uri, part.name, summary)
