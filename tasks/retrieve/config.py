@@ -111,3 +111,6 @@ class RetrieveConfig(BaseModel):
         the defaults stay a valid (empty) form in the Prefect UI."""
         if self.strategy == "retrieval" and not self.queries:
             raise ValueError("retrieve.queries: strategy 'retrieval' needs at least one query set")
+        bad = [q.name for q in self.queries if q.rule != "as-is"]
+        if self.strategy == "hierarchical_balanced" and bad:
+            raise ValueError(f"retrieve.queries: strategy 'hierarchical_balanced' only takes as-is query sets, not {bad}")

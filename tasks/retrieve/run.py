@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from storage.commit import commit_stage, config_digest, digest_of_commit, is_committed, read_commit
+from storage.commit import begin_stage, commit_stage, config_digest, digest_of_commit, is_committed, read_commit
 from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import join, read_bytes, write_bytes_atomic
 from tasks.embed.run import EmbeddingMismatch, Embeddings, load_pool_embeddings, load_query_embeddings
@@ -35,6 +35,7 @@ def _npy_bytes(x: np.ndarray) -> bytes:
 
 def validate_inputs(pool: Embeddings, queries: dict[str, Embeddings], cfg: RetrieveConfig) -> None:
     """Every check that can fail, before any clustering starts."""
+    cfg.require_queries()
     n = len(pool)
     for name, q in queries.items():
         if q.dim != pool.dim:
@@ -121,9 +122,10 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig) -> d
     """Run (or skip, if already committed with this config and input) the retrieval stage; returns its commit."""
     input_digest = digest_of_commit(embed_stage_uri)
     digest = config_digest(cfg)
-    if is_committed(stage_uri, digest, input_digest):
-        return read_commit(stage_uri)
+    if is_committed(stage_uri):  # same digests: skip; other digests: StageConflict
+        return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest).commit
     embed_commit, pool, queries = load_inputs(embed_stage_uri, cfg)
+    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest)
     start = time.perf_counter()
     if cfg.strategy == "hierarchical_balanced":
         hierarchy = hierarchical_kmeans(pool.vectors, cfg.balanced, cfg.kmeans.n_iter, cfg.kmeans.use_gpu)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage.commit import (
+    begin_stage,
     commit_stage,
     config_digest,
     digest_of_commit,
@@ -139,8 +140,8 @@ def write_curated_shards(
     """
     input_digest = digest_of_commit(retrieve_stage_uri)
     digest = config_digest({"shard": cfg.model_dump(mode="json"), "as_is_sources": {q.name: q.uri for q in query_sets}})
-    if is_committed(stage_uri, digest, input_digest):
-        return read_commit(stage_uri)
+    if is_committed(stage_uri):  # same digests: skip; other digests: StageConflict
+        return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest).commit
     rows = read_selection(retrieve_stage_uri).to_pylist()
     if not rows:
         raise ValueError(f"{retrieve_stage_uri}: the selection is empty, nothing to shard")
@@ -148,6 +149,8 @@ def write_curated_shards(
     missing = sorted({r["query_dataset"] for r in rows if r["source"] == "query"} - set(sets))
     if missing:
         raise QuerySetError(f"the selection holds as-is images of {missing}; pass their QuerySetConfig")
+    # Parts left by a run with other settings are discarded here, never mixed into this one.
+    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest)
     n = len(rows)
     rng = np.random.default_rng(cfg.seed)
     nb = _bucket_count(n, cfg) if cfg.shuffle else 1

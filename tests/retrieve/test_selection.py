@@ -111,3 +111,21 @@ def test_hierarchical_kmeans_levels_and_resampling():
     assert [len(lab) for lab in h.labels] == [600, 40, 8]
     rows = balanced_sample(h, cfg)
     assert len(rows) == 100 and len(set(rows.tolist())) == 100
+
+
+def test_retrieve_config_validation():
+    from pydantic import ValidationError
+
+    from tasks.retrieve.config import RetrieveConfig
+
+    RetrieveConfig()  # constructible empty, so it can sit inside larger configs
+    with pytest.raises(ValueError, match="at least one query set"):
+        RetrieveConfig().require_queries()
+    with pytest.raises(ValueError, match="only takes as-is"):
+        RetrieveConfig(strategy="hierarchical_balanced", queries=[QuerySetConfig(name="a", uri="x")]).require_queries()
+    with pytest.raises(ValidationError, match="unique"):
+        RetrieveConfig(queries=[QuerySetConfig(name="a", uri="x"), QuerySetConfig(name="a", uri="y")])
+    with pytest.raises(ValidationError):
+        QuerySetConfig(name="a", uri="x", rule="nearest")
+    with pytest.raises(ValidationError):
+        RetrieveConfig(unknown=1)

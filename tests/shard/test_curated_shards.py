@@ -144,3 +144,21 @@ def test_contact_sheets_from_stage_outputs(retrieved):
     # One row per query: the query itself, then up to three retrieved images.
     assert neighbours.size[1] == 4 * 68 + 4 and neighbours.size[0] <= 120 + 4 * 68 + 4
     assert np.asarray(neighbours.convert("L"))[4:68, 124:188].std() > 10  # the query thumbnail is a real image
+
+
+def test_committed_shards_are_immutable_and_stale_parts_are_not_reused(retrieved, tmp_path):
+    from storage.commit import StageConflict
+
+    pool, sets, retrieve = retrieved
+    stage = str(tmp_path / "s")
+    first = write_curated_shards(retrieve, pool.crawl_uri, stage, ShardConfig(samples_per_shard=50, seed=0), sets)
+    assert write_curated_shards(retrieve, pool.crawl_uri, stage, ShardConfig(samples_per_shard=50, seed=0), sets) == first
+    with pytest.raises(StageConflict):
+        write_curated_shards(retrieve, pool.crawl_uri, stage, ShardConfig(samples_per_shard=50, seed=9), sets)
+    # An unfinished run with another seed leaves parts; a new run must not reuse them.
+    os.remove(os.path.join(stage, "_COMMITTED.json"))
+    other = write_curated_shards(retrieve, pool.crawl_uri, stage, ShardConfig(samples_per_shard=50, seed=9), sets)
+    fresh = write_curated_shards(retrieve, pool.crawl_uri, str(tmp_path / "fresh"),
+                                 ShardConfig(samples_per_shard=50, seed=9), sets)
+    assert [r["sha256"] for r in read_manifest(stage).to_pylist()] == [r["sha256"] for r in read_manifest(str(tmp_path / "fresh")).to_pylist()]
+    assert other["counts"] == fresh["counts"]
