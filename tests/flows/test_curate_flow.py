@@ -39,7 +39,8 @@ def test_curate_commits_crawl_and_rerun_skips(demo_web_dir, tmp_path):
 
 
 def test_interrupted_crawl_reuses_finished_parts(demo_web_dir, tmp_path):
-    """Remove the commit and one part's marker: the rerun redoes that part only, same result."""
+    """A run that died in the crawl: no commit, one part unfinished, nothing downstream.
+    The rerun redoes that part only and reaches the same result."""
     from flows.curate_lvd import curate_lvd
 
     web = DemoWeb.load(demo_web_dir)
@@ -54,6 +55,8 @@ def test_interrupted_crawl_reuses_finished_parts(demo_web_dir, tmp_path):
         assert full["counts"]["parts"] >= 3
         remove(join(crawl_uri, "_COMMITTED.json"))
         remove(join(crawl_uri, "_parts", "000001.json"))
+        for later in ("dedup", "embed", "retrieve", "shards"):
+            remove(stage_uri(root, cfg.dataset, cfg.version, later), recursive=True)
         server.reset_stats()
         curate_lvd(cfg)
         redone = server.stats()
