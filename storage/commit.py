@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from storage.uri import exists, join, read_bytes, remove, walk_files, write_bytes_atomic
+from storage.uri import file_size, join, read_bytes, remove, walk_files, write_bytes_atomic
 
 COMMIT_FILE = "_COMMITTED.json"
 STARTED_FILE = "_STARTED.json"
 PARTS_DIR = "_parts"
 LATEST_FILE = "latest"
+MANIFEST_FILE = "manifest.parquet"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 
 
@@ -264,6 +265,8 @@ def commit_stage(
         for rel, size in walk_files(stage_uri).items()
         if rel not in (COMMIT_FILE, STARTED_FILE) and not rel.startswith(PARTS_DIR + "/")
     }
+    if MANIFEST_FILE in files:
+        _check_manifest_shards(stage_uri, files)
     record = {
         "stage": stage,
         "config_digest": config_digest,
@@ -281,6 +284,33 @@ def commit_stage(
 
 # Fields of a commit record that say when and by which build it was written, not what it holds.
 _CIRCUMSTANTIAL = ("committed_at", "code_version")
+
+
+def _check_manifest_shards(stage_uri: str, files: dict[str, int]) -> None:
+    """Refuse to commit a stage whose manifest lists a shard that is missing or of another size."""
+    from storage.tables import read_table
+
+    prefix = stage_uri.rstrip("/") + "/"
+    bad = []
+    manifest = read_table(join(stage_uri, MANIFEST_FILE))
+    if not {"url", "nbytes"} <= set(manifest.column_names):
+        return
+    for row in manifest.select(["url", "nbytes"]).to_pylist():
+        url = row["url"]
+        if url.startswith(prefix):
+            size = files.get(url[len(prefix):])
+        else:
+            try:
+                size = file_size(url)
+            except FileNotFoundError:
+                size = None
+        if size != row["nbytes"]:
+            bad.append(f"{url} ({'missing' if size is None else f'{size} bytes'}, manifest {row['nbytes']})")
+    if bad:
+        raise StageNotCommitted(
+            f"refusing to commit {stage_uri}: {len(bad)} shards in its manifest are missing or differ: "
+            + "; ".join(bad[:3])
+        )
 
 
 def digest_of_commit(stage_uri: str) -> str:
@@ -309,6 +339,11 @@ def publish_latest(root: str, dataset: str, version: str, stages: list[str]) -> 
     }
     write_bytes_atomic(latest_uri(root, dataset), canonical_json(record))
     return record
+
+
+def resolve_version(root: str, dataset: str, version: str) -> str:
+    """``version`` itself, or the published one when it is ``"latest"``."""
+    return read_latest(root, dataset) if version == LATEST_FILE else _check_name("version", version)
 
 
 def read_latest(root: str, dataset: str) -> str:

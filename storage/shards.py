@@ -6,7 +6,8 @@ registers an ``s3`` scheme with webdataset's ``gopen``, so ``webdataset.WebDatas
 streams through the same configured S3 client (endpoint, credentials, timeouts, retries).
 
 :class:`ShardWriter` writes to a hidden temp file (next to the target locally, in a local
-spool for S3) and only publishes on a clean ``close``; S3 shards larger than twice the
+spool for S3, under ``$LVD_SPOOL_DIR`` or the system temp dir) and only publishes on a
+clean ``close``; S3 shards larger than twice the
 multipart chunk size go up as a multipart upload that is aborted if any part fails.
 """
 
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from storage.commit import read_commit
+from storage.commit import MANIFEST_FILE, read_commit
 from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import (
     _local_temp_name,
@@ -38,7 +39,6 @@ from storage.uri import (
     write_bytes_atomic,
 )
 
-MANIFEST_FILE = "manifest.parquet"
 WIDS_INDEX_FILE = "index.wids.json"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-:/]+$")
 _EXT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

@@ -121,3 +121,16 @@ def test_latest_moves_only_after_all_stages_commit(storage_root):
     publish_latest(storage_root, "lvd", "v2", ["crawl", "dedup"])
     assert read_latest(storage_root, "lvd") == "v2"
     assert json.loads(read_bytes(join(storage_root, "lvd", "latest")))["version"] == "v2"
+
+
+def test_resolve_version_follows_latest(tmp_path):
+    from storage.commit import resolve_version
+
+    root = str(tmp_path)
+    uri = stage_uri(root, "lvd", "v7", "crawl")
+    commit_stage(uri, stage="crawl", config_digest="c", input_digest="i", counts={})
+    publish_latest(root, "lvd", "v7", ["crawl"])
+    assert resolve_version(root, "lvd", "latest") == "v7"
+    assert resolve_version(root, "lvd", "v3") == "v3"
+    with pytest.raises(ValueError):
+        resolve_version(root, "lvd", "../x")

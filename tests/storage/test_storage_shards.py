@@ -156,3 +156,19 @@ def test_wids_reads_the_index(tmp_path):
     meta = sample[".json"]
     meta = json.loads(meta.read() if hasattr(meta, "read") else meta)
     assert meta["i"] == 4
+
+
+def test_stage_with_a_missing_or_changed_shard_cannot_commit(storage_root):
+    from storage.uri import remove, write_bytes_atomic
+
+    stage = join(storage_root, "lvd", "v1", "shards")
+    infos = [_write(join(stage, f"lvd-{i:06d}.tar"), _samples(2, start=2 * i)) for i in range(3)]
+    write_manifest(stage, infos)
+    remove(infos[1].url)
+    with pytest.raises(StageNotCommitted, match="lvd-000001.tar \\(missing"):
+        commit_stage(stage, stage="shards", config_digest="c", input_digest="i", counts={})
+    write_bytes_atomic(infos[1].url, b"short")
+    with pytest.raises(StageNotCommitted, match="5 bytes"):
+        commit_stage(stage, stage="shards", config_digest="c", input_digest="i", counts={})
+    _write(infos[1].url, _samples(2, start=2))
+    commit_stage(stage, stage="shards", config_digest="c", input_digest="i", counts={})
