@@ -14,9 +14,20 @@ import pytest
 from tests.support.s3_server import SeaweedS3
 
 
+def start_s3_server(tries: int = 3) -> SeaweedS3:
+    """Start SeaweedFS, retrying with fresh ports if another process took one meanwhile."""
+    for attempt in range(tries):
+        try:
+            return SeaweedS3().start()
+        except RuntimeError:
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 def s3_server():
-    server = SeaweedS3().start()
+    server = start_s3_server()
     try:
         yield server
     finally:

@@ -111,7 +111,9 @@ class SeaweedS3:
         last = None
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited with {self.proc.returncode}; log: {self.log_tail()}")
+                message = f"SeaweedFS exited with {self.proc.returncode}; log: {self.log_tail()}"
+                self.stop()
+                raise RuntimeError(message)
             try:
                 client.create_bucket(Bucket=probe)
                 client.put_object(Bucket=probe, Key="probe", Body=b"x")
@@ -121,8 +123,9 @@ class SeaweedS3:
             except Exception as exc:  # the server is still starting; retry until the deadline
                 last = exc
                 time.sleep(0.2)
+        message = f"SeaweedFS not ready after {timeout}s ({last}); log: {self.log_tail()}"
         self.stop()
-        raise RuntimeError(f"SeaweedFS not ready after {timeout}s ({last}); log: {self.log_tail()}")
+        raise RuntimeError(message)
 
     def log_tail(self, n: int = 3000) -> str:
         try:
