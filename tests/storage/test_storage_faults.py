@@ -16,7 +16,7 @@ from storage.commit import (
     read_commit,
     stage_uri,
 )
-from storage.shards import ShardWriter, iter_samples, manifest_shards, verify_shard, write_manifest
+from storage.shards import ShardInfo, ShardWriter, iter_samples, manifest_shards, verify_shard, write_manifest
 from storage.uri import StorageError, StorageUnavailable, clear_fs_cache, exists, join, read_bytes, write_bytes_atomic
 from tests.support.fault_proxy import FaultProxy
 from tests.support.s3_server import free_port
@@ -121,7 +121,7 @@ def _run_stage(stage, nshards=3):
     for i in range(nshards):
         part = f"lvd-{i:06d}"
         if plan.is_done(part):
-            infos.append(manifest_shards_entry(plan.done[part]))
+            infos.append(ShardInfo(**plan.done[part]))
             continue
         with ShardWriter(join(stage, f"{part}.tar")) as w:
             for j in range(4):
@@ -134,12 +134,6 @@ def _run_stage(stage, nshards=3):
     return commit_stage(stage, stage="shards", config_digest="cfg", input_digest="in",
                         counts={"samples": sum(i.nsamples for i in infos)},
                         require_parts=[f"lvd-{i:06d}" for i in range(nshards)])
-
-
-def manifest_shards_entry(summary):
-    from storage.shards import ShardInfo
-
-    return ShardInfo(**summary)
 
 
 def test_interrupted_stage_never_commits_and_resumes(root, proxy, monkeypatch):
