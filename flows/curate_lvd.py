@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 
 from flows.config import CurateConfig, PipelineConfig
-from flows.reporting import publish_stage_summary
+from flows.reporting import publish_curation_report, publish_stage_summary
 from flows.stages import map_parts, prefect_task, run_stage, use_storage, write_stage_config
 from lvd.config import load_config
 from storage import uri as storage_uri
@@ -149,6 +149,7 @@ def curate_lvd(cfg: CurateConfig) -> dict:
     record("shards", run_shards(cfg, retrieve_uri, crawl_uri))
     publish_latest(cfg.storage.root, cfg.dataset, cfg.version, CURATE_STAGES)
     publish_stage_summary("curate-lvd", cfg.dataset, cfg.version, stages)
+    prefect_task(publish_curation_report, name="report")(cfg.dataset, cfg.version, stages, cfg)
     logger.info("curate-lvd finished: %s", {k: v["counts"] for k, v in stages.items()})
     return {"dataset": cfg.dataset, "version": cfg.version, "stages": stages}
 

@@ -1,6 +1,8 @@
 """Prefect artifacts a user reads after a run: stage counts and links to committed URIs."""
 from __future__ import annotations
 
+import base64
+
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 
@@ -25,3 +27,55 @@ def publish_stage_summary(flow_name: str, dataset: str, version: str, stages: di
         markdown=f"# {dataset} / {version}\n\nCommitted stages:\n\n{links}\n",
         description=f"{flow_name}: committed stage URIs",
     )
+
+
+def png_markdown(title: str, png: bytes, caption: str = "") -> str:
+    """A picture inline as a data URI: the Prefect UI renders it without any link to storage."""
+    encoded = base64.b64encode(png).decode()
+    return f"### {title}\n\n![{title}](data:image/png;base64,{encoded})\n\n{caption}\n"
+
+
+def publish_picture(key: str, title: str, png: bytes, description: str, caption: str = "") -> None:
+    create_markdown_artifact(key=_artifact_key(key), markdown=png_markdown(title, png, caption),
+                             description=description)
+
+
+def publish_curation_report(dataset: str, version: str, stages: dict[str, dict], cfg) -> None:
+    """What was removed, how the pool clusters, what queries retrieved and what the dataset holds.
+
+    Each picture is a thumbnail sheet (tens of KB), small enough for the artifact database.
+    """
+    import numpy as np
+
+    from storage.tables import read_table
+    from storage.uri import join
+    from tasks.dedup.report import dedup_report
+    from tasks.retrieve.report import cluster_contact_sheet, cluster_size_histogram_png, neighbour_contact_sheet
+    from tasks.shard.report import composition_markdown
+    from tasks.shard.write import composition_table
+
+    name = f"{dataset}-{version}"
+    pool_uri = stages["crawl"]["uri"]
+    if "dedup" in stages:
+        markdown, png = dedup_report(pool_uri, stages["dedup"]["uri"], cfg.dedup.eval_sets)
+        create_markdown_artifact(key=_artifact_key(f"dedup-{name}"), description="dedup: removals per reason",
+                                 markdown=markdown + "\n" + png_markdown("Example duplicate groups", png))
+    if "retrieve" in stages:
+        uri = stages["retrieve"]["uri"]
+        clusters = read_table(join(uri, "assignments.parquet")).column("cluster").to_numpy()
+        sizes = np.bincount(clusters[clusters >= 0])
+        publish_picture(f"clusters-{name}", "Cluster sizes", cluster_size_histogram_png(sizes),
+                        "retrieve: k-means cluster-size histogram", f"{len(sizes)} clusters over {len(clusters)} images")
+        publish_picture(f"cluster-samples-{name}", "Sample clusters", cluster_contact_sheet(uri, pool_uri),
+                        "retrieve: images of a few clusters")
+        for qs in cfg.retrieve.queries:
+            if qs.rule == "sample":
+                publish_picture(f"neighbours-{qs.name}-{name}", f"Retrieved for {qs.name}",
+                                neighbour_contact_sheet(uri, pool_uri, qs),
+                                f"retrieve: queries of {qs.name} (first column) and their neighbours")
+    if "shards" in stages:
+        rows = composition_table(stages["shards"]["uri"])
+        create_table_artifact(key=_artifact_key(f"composition-{name}"), table=rows,
+                              description="shards: composition per source (cf. DINOv2 Table 15)")
+        create_markdown_artifact(key=_artifact_key(f"composition-md-{name}"), markdown=composition_markdown(rows),
+                                 description="shards: composition per source")
