@@ -26,7 +26,8 @@ MiB = 2**20
 
 def _point_at(monkeypatch, endpoint, **settings):
     monkeypatch.setenv("LVD_S3_ENDPOINT_URL", endpoint)
-    values = {"MAX_ATTEMPTS": "3", "CONNECT_TIMEOUT": "2", "READ_TIMEOUT": "5", "MULTIPART_CHUNKSIZE": str(5 * MiB)}
+    # generous timeouts: injected faults answer at once, and a loaded machine must not add retries
+    values = {"MAX_ATTEMPTS": "3", "CONNECT_TIMEOUT": "5", "READ_TIMEOUT": "30", "MULTIPART_CHUNKSIZE": str(5 * MiB)}
     values.update(settings)
     for name, value in values.items():
         monkeypatch.setenv(f"LVD_S3_{name}", value)
