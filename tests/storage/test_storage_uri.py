@@ -108,3 +108,25 @@ def test_plain_webdataset_open_of_missing_s3_shard_names_it(s3_root):
 
     with pytest.raises(FileNotFoundError, match="nope.tar"):
         wds.gopen(join(s3_root, "nope.tar"))
+
+
+def test_credentials_from_a_profile_and_endpoint_from_aws_env(s3_env, s3_bucket, tmp_path, monkeypatch):
+    from storage.uri import clear_fs_cache
+
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        f"[lvd-test]\naws_access_key_id = {s3_env.access_key}\naws_secret_access_key = {s3_env.secret_key}\n"
+    )
+    config = tmp_path / "config"
+    config.write_text("[profile lvd-test]\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "lvd-test")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    monkeypatch.delenv("LVD_S3_ENDPOINT_URL")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env.endpoint)
+    clear_fs_cache()
+    uri = f"s3://{s3_bucket}/profile/x.bin"
+    write_bytes_atomic(uri, b"via profile")
+    assert read_bytes(uri) == b"via profile"
