@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Debian packages the tests and the demo use: real images shipped offline.
 set -euo pipefail
-pkgs=(dataset-fashion-mnist opencv-doc mate-backgrounds libmagic1)
+pkgs=(dataset-fashion-mnist opencv-doc mate-backgrounds libmagic1 postgresql chromium chromium-driver)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -5,6 +5,7 @@
     lvd distill | evaluate | pipeline  (same shape)
     lvd info URI                        summary of a committed stage
     lvd demo                            serve the demo web on 127.0.0.1 and curate it end to end
+    lvd doctor [--config P] [--pool P]  check the Prefect API, work pools, S3 and GPUs before runs start
 """
 from __future__ import annotations
 
@@ -66,6 +67,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from flows.config import PipelineConfig
+    from flows.deployments import DEPLOYMENTS
+    from lvd.config import load_config
+    from lvd.doctor import render, run_checks
+    from storage.config import StorageConfig
+
+    config = load_config(PipelineConfig, args.config, args.overrides) if args.config else None
+    given = config.storage.model_dump(exclude_defaults=True) if config else {}
+    if args.root:
+        given["root"] = args.root
+    if args.api_url is None:
+        from prefect.settings import PREFECT_API_URL
+
+        args.api_url = PREFECT_API_URL.value()
+    pools = args.pool or sorted({d.pool for d in DEPLOYMENTS})
+    checks = run_checks(args.api_url, pools, StorageConfig.from_env(**given),
+                        config.model_dump(mode="json") if config else None,
+                        need_workers=not args.no_workers, timeout=args.timeout)
+    print(render(checks))
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +106,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="cpu-tiny")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("doctor", help="check a deployment target (API, work pools, S3, GPUs) before work starts")
+    p.add_argument("--config", default=None, help="preset or YAML whose storage and devices to check")
+    p.add_argument("--api-url", default=None, help="Prefect API (default: PREFECT_API_URL)")
+    p.add_argument("--pool", action="append", help="work pool to check (repeatable; default: the deployments' pools)")
+    p.add_argument("--root", default=None, help="dataset root to probe (default: the config's, then LVD_ROOT)")
+    p.add_argument("--no-workers", action="store_true", help="do not require a worker online (first setup)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

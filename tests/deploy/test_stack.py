@@ -1,0 +1,87 @@
+"""The deployment stack without containers: PostgreSQL, a Prefect server on it, SeaweedFS and a process
+worker. `prefect deploy --all` registers every deployment, curate-lvd/cpu-tiny commits every stage into
+the bucket, and a Prefect server restart in the middle of a run loses nothing."""
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import time
+
+import pytest
+
+from flows.curate_lvd import CURATE_STAGES
+from flows.deployments import DEPLOYMENTS, parameters_for
+from storage.commit import read_commit, stage_uri
+from storage.shards import read_manifest
+from storage.uri import exists, join, open_input
+from tests.deploy.conftest import CPU_TINY
+
+pytestmark = pytest.mark.slow
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def shard_members(shard_url: str) -> list[tuple[str, str]]:
+    """(member name, sha256 of its bytes) for every file in a tar shard, sorted."""
+    with open_input(shard_url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        return sorted((m.name, hashlib.sha256(tar.extractfile(m).read()).hexdigest()) for m in tar if m.isfile())
+
+
+def stage_outputs(root: str, dataset: str, version: str) -> dict:
+    """Per stage: the committed counts and, where the stage has shards, each shard's name, sample count
+    and the sha256 of every member. (Shard bytes follow the order in which fetches finished, so a
+    shard's own sha256 can differ between two identical runs while every sample is the same.)"""
+    out = {}
+    for stage in CURATE_STAGES:
+        uri = stage_uri(root, dataset, version, stage)
+        entry = {"counts": read_commit(uri)["counts"]}
+        if exists(join(uri, "manifest.parquet")):
+            entry["shards"] = sorted((r["name"], r["nsamples"], shard_members(r["url"]))
+                                     for r in read_manifest(uri).to_pylist())
+        out[stage] = entry
+    return out
+
+
+def test_deploy_registers_every_deployment(stack):
+    registered = {f"{d['name']}": d for d in stack.post("/deployments/filter", {})}
+    assert len(registered) == len(DEPLOYMENTS)
+    for dep in DEPLOYMENTS:
+        got = stack.deployment(f"{dep.flow}/{dep.name}")
+        assert got["work_pool_name"] == dep.pool
+        assert got["parameters"] == parameters_for(dep)
+        assert [s["schedule"].get("cron") for s in got["schedules"]] == [s["cron"] for s in dep.schedules]
+    # init.sh ends with `lvd doctor`: API, database, pools and the bucket were all fine
+    assert "ready" in stack.init_output.splitlines()[-1], stack.init_output[-2000:]
+    print("stack start-up:", {k: round(v, 1) for k, v in stack.timings.items()})
+
+
+def _wait_for_progress(stack, run_id: str, timeout: float = 240) -> None:
+    """Until the run has finished at least one task: the server then goes down in the middle of it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tasks = stack.post("/task_runs/filter", {"task_runs": {"flow_run_id": {"any_": [run_id]}}})
+        if any(t["state"]["type"] == "COMPLETED" for t in tasks):
+            return
+        assert stack.flow_run(run_id)["state"]["type"] not in FINAL, "the run ended before the restart"
+        time.sleep(0.5)
+    raise TimeoutError("no task finished")
+
+
+def test_cpu_tiny_lands_in_s3_and_survives_a_server_restart(stack, demo, baseline_run, s3_env):
+    root = demo.cfg.storage.root
+    baseline = stage_outputs(root, demo.cfg.dataset, "baseline")
+    assert baseline["crawl"]["counts"]["samples"] > 0 and baseline["shards"]["shards"]
+    kinds = {a["type"] for a in stack.artifacts(baseline_run)}
+    assert {"table", "markdown"} <= kinds
+
+    run_id = stack.run_deployment(CPU_TINY, demo.params(version="restarted"))
+    _wait_for_progress(stack, run_id)
+    stack.stop_server()
+    stack.timings["server_restart_s"] = stack.start_server()
+    stack.ensure_worker()
+    run = stack.wait_state(run_id, FINAL, timeout=300)
+    if run["state"]["type"] != "COMPLETED":
+        # The run lost its server for too long: retry the same run; finished parts are reused.
+        stack.post(f"/flow_runs/{run_id}/set_state", {"state": {"type": "SCHEDULED"}, "force": True})
+        run = stack.wait_state(run_id, FINAL, timeout=300)
+    assert run["state"]["type"] == "COMPLETED", stack.log_tail("worker-lvd-cpu.log")
+    assert stage_outputs(root, demo.cfg.dataset, "restarted") == baseline
