@@ -66,3 +66,15 @@ def test_read_checks(storage_root):
     write_bytes_atomic(uri, b"garbage")
     with pytest.raises(ValueError, match="not a readable Parquet"):
         read_table(uri)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMAS))
+def test_every_stage_schema_is_well_formed(tmp_path, name):
+    import re
+
+    schema = SCHEMAS[name]
+    assert re.fullmatch(r"[a-z]+\.[a-z_]+", name), f"schema name {name!r} is not '<stage>.<table>'"
+    assert isinstance(schema, pa.Schema) and len(set(schema.names)) == len(schema.names)
+    uri = str(tmp_path / f"{name}.parquet")
+    write_table(uri, [], schema)
+    assert read_table(uri, schema=schema).num_rows == 0
