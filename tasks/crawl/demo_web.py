@@ -385,6 +385,8 @@ def _make_app(root: Path):
         path = request.path
         if path == "/__stats__":
             return web.json_response(stats.snapshot())
+        if path == "/__cpu__":  # the server's own CPU time, so benchmarks can count what serving costs
+            return web.json_response({"cpu_seconds": time.process_time()})
         if path == "/__reset__":
             stats.reset()
             return web.json_response({})
@@ -486,6 +488,11 @@ class DemoServer:
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__stats__", timeout=5) as r:
             return json.loads(r.read())
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the serving process has used (all its threads; the whole process when in a thread)."""
+        with urllib.request.urlopen(f"{self.base_url}/__cpu__", timeout=5) as r:
+            return json.loads(r.read())["cpu_seconds"]
 
     def reset_stats(self) -> None:
         urllib.request.urlopen(f"http://127.0.0.1:{self.port}/__reset__", timeout=5).read()
