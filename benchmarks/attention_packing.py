@@ -5,9 +5,11 @@ efficient (subset) stochastic depth vs per-sample DropPath. Forward + backward, 
 
 Each image brings 2 global crops (224 px, 257 tokens) and 8 local crops (98 px, 50 tokens).
 Tokens/s counts input tokens, so skipped branch work under subset stochastic depth shows up as
-higher throughput. Configurations are measured in interleaved rounds and the median is reported,
-which keeps the ratios meaningful on a shared, noisy machine. A second table times the
-block-diagonal attention kernels that could serve packed crops (same values, different cost).
+higher throughput. Configurations are measured in interleaved rounds and the median is reported.
+Both wall-clock tokens/s and tokens per CPU-second of this process are printed: on a shared,
+oversubscribed machine the CPU-time figure (best with --threads 1) is the one that stays
+comparable between runs. A second table times the block-diagonal attention kernels that could
+serve packed crops (same values, different cost).
 """
 
 from __future__ import annotations
@@ -48,7 +50,16 @@ def step(model: torch.nn.Module, crops: list[torch.Tensor]) -> None:
     loss.backward()
 
 
-def bench_blocks(args: argparse.Namespace, device: torch.device) -> list[tuple[str, float]]:
+def timed(fn, repeat: int = 1) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) per call of fn, averaged over `repeat` calls."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - wall) / repeat, (time.process_time() - cpu) / repeat
+
+
+def bench_blocks(args: argparse.Namespace, device: torch.device) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) throughput in tokens/s for each configuration."""
     crops = make_crops(args.images, device)
     tokens = sum(c.shape[0] * (1 + (c.shape[-1] // 14) ** 2) for c in crops)
     models = []
@@ -65,21 +76,25 @@ def bench_blocks(args: argparse.Namespace, device: torch.device) -> list[tuple[s
         model.train()
         step(model, crops)  # warm-up
         models.append((label, model))
-    times: dict[str, list[float]] = {label: [] for label, _ in models}
+    times: dict[str, list[tuple[float, float]]] = {label: [] for label, _ in models}
+
+    def one_step(model):
+        step(model, crops)
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     for _ in range(args.rounds):
         for label, model in models:
             torch.manual_seed(1)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step(model, crops)
-                model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times[label].append((time.perf_counter() - start) / args.steps)
-    return [(label, tokens / statistics.median(times[label])) for label, _ in models]
+            times[label].append(timed(lambda: one_step(model), args.steps))
+    return {
+        label: tuple(tokens / statistics.median(t[i] for t in times[label]) for i in (0, 1))
+        for label, _ in models
+    }
 
 
-def bench_kernels(args: argparse.Namespace) -> list[tuple[str, float]]:
+def bench_kernels(args: argparse.Namespace) -> list[tuple[str, float, float]]:
     """Forward + backward of one attention call over 2B x 257 + 8B x 50 tokens, 6 heads of 64."""
     b = args.images
     packing = Packing(((2 * b, 257), (8 * b, 50)))
@@ -107,12 +122,8 @@ def bench_kernels(args: argparse.Namespace) -> list[tuple[str, float]]:
         ("SDPA on nested jagged tensors", nested),
     ]:
         fn(*qkv).sum().backward()
-        samples = []
-        for _ in range(args.rounds):
-            start = time.perf_counter()
-            fn(*qkv).sum().backward()
-            samples.append(time.perf_counter() - start)
-        rows.append((label, statistics.median(samples) * 1e3))
+        samples = [timed(lambda: fn(*qkv).sum().backward()) for _ in range(args.rounds)]
+        rows.append((label, *(statistics.median(t[i] for t in samples) * 1e3 for i in (0, 1))))
     return rows
 
 
@@ -123,33 +134,40 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.4, help="stochastic depth rate")
     parser.add_argument("--steps", type=int, default=2, help="steps per timed sample")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, device {device}")  # fmt: skip
     print(f"ViT-S blocks (dim 384, 6 heads) x {args.depth}, {args.images} images = "
           f"{2 * args.images}x224 + {8 * args.images}x98 crops, drop rate {args.rate}, fwd+bwd\n")  # fmt: skip
-    rows = dict(bench_blocks(args, device))
+    rows = bench_blocks(args, device)
     base = rows["unpacked, per-sample DropPath"]
-    print("| configuration | tokens/s | vs unpacked + per-sample DropPath |")
-    print("|---|---:|---:|")
-    for label, tps in rows.items():
-        print(f"| {label} | {tps:,.0f} | {tps / base:.2f}x |")
+    print("| configuration | tokens/s (wall) | tokens per CPU-s | vs unpacked + per-sample DropPath (wall / CPU) |")
+    print("|---|---:|---:|---:|")
+    for label, (wall, cpu) in rows.items():
+        print(f"| {label} | {wall:,.0f} | {cpu:,.0f} | {wall / base[0]:.2f}x / {cpu / base[1]:.2f}x |")
     print()
-    print("| ratio | value |")
-    print("|---|---:|")
+    print("| ratio | wall | CPU |")
+    print("|---|---:|---:|")
+
+    def ratio(a: str, b: str) -> str:
+        return " | ".join(f"{rows[a][i] / rows[b][i]:.2f}" for i in (0, 1))
+
     for mode in ("no stochastic depth", "per-sample DropPath", "subset SD"):
-        print(f"| packed / unpacked, {mode} | {rows[f'packed, {mode}'] / rows[f'unpacked, {mode}']:.2f} |")
+        print(f"| packed / unpacked, {mode} | {ratio(f'packed, {mode}', f'unpacked, {mode}')} |")
     for packing in ("unpacked", "packed"):
-        ratio = rows[f"{packing}, subset SD"] / rows[f"{packing}, per-sample DropPath"]
-        print(f"| subset SD / per-sample DropPath, {packing} | {ratio:.2f} |")
+        print(f"| subset SD / per-sample DropPath, {packing} | "
+              f"{ratio(f'{packing}, subset SD', f'{packing}, per-sample DropPath')} |")  # fmt: skip
     if device.type == "cpu":
-        print("\n| block-diagonal attention kernel (one layer, fwd+bwd) | ms |")
-        print("|---|---:|")
-        for label, ms in bench_kernels(args):
-            print(f"| {label} | {ms:.1f} |")
+        print("\n| block-diagonal attention kernel (one layer, fwd+bwd) | ms (wall) | CPU ms |")
+        print("|---|---:|---:|")
+        for label, wall_ms, cpu_ms in bench_kernels(args):
+            print(f"| {label} | {wall_ms:.1f} | {cpu_ms:.1f} |")
 
 
 if __name__ == "__main__":
