@@ -164,3 +164,17 @@ def test_crawl_writes_to_s3(crawl_server, crawl_web, s3_root):
     samples = _samples(stage)
     assert commit["counts"]["samples"] == len(samples) > 0
     assert {r["key"] for r in rows if r["status"] == "ok" and r["kind"] == "image"} == set(samples)
+
+
+def test_a_crawl_without_images_refuses_to_commit_but_keeps_its_records(crawl_server, tmp_path):
+    page = tmp_path / "only-bad.html"
+    page.write_text('<base href="http://ads.example.org/"><img src="a.jpg"><img src="ftp://x.example.com/b.jpg">')
+    stage = f"file://{tmp_path}/crawl"
+    cfg = _cfg(crawl_server)
+    parts = plan_crawl_parts([str(page)], cfg)
+    crawl_part(parts[0], stage, cfg)
+    with pytest.raises(RuntimeError, match="no images"):
+        finalize_crawl(stage, parts, cfg, "x")
+    rows = read_table(join(stage, "records.parquet")).to_pylist()
+    assert sorted(r["reason"] for r in rows if r["kind"] == "image") == ["domain_blocked", "scheme"]
+    assert not (tmp_path / "crawl" / "_COMMITTED.json").exists()
