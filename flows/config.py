@@ -13,6 +13,7 @@ from tasks.dedup.config import DedupConfig
 from tasks.embed.config import EmbedConfig
 from tasks.retrieve.config import RetrieveConfig
 from tasks.shard.config import ShardConfig
+from tasks.train.config import TrainConfig
 
 
 class CurateConfig(BaseModel):
@@ -46,6 +47,8 @@ class PipelineConfig(CurateConfig):
     """A whole preset: every stage's settings in one file."""
 
     model_config = ConfigDict(extra="forbid")
+
+    train: TrainConfig = Field(default_factory=TrainConfig, description="DINOv2 pretraining (train-dinov2).")
 
     def curate(self) -> CurateConfig:
         return CurateConfig.model_validate(self.model_dump(include=curate_fields()))
