@@ -70,8 +70,9 @@ def step_rates(jpgs: list[bytes]) -> list[tuple[str, tuple[float, float]]]:
     nsfw.scores(images[:2])  # warm up
     rows = [("decode JPEG", rate(lambda xs: [decode(x) for x in xs], jpgs)),
             ("NSFW score (open_nsfw, 224, batch 16)", rate(nsfw.scores, images))]
-    for label, over in (("faces: frontal-alt2 + profile (x2 mirrored), scale 1.1", {}),
-                        ("faces: frontal-alt2, scale 1.2", FAST_FACES)):
+    for label, over in (("faces, default: frontal-alt2 + profile (and mirrored), scale 1.2", {}),
+                        ("faces: frontal-alt2 + profile (and mirrored), scale 1.1", {"scale_factor": 1.1}),
+                        ("faces, fast: frontal-alt2 only, scale 1.2", FAST_FACES)):
         cfg = FaceConfig(**over)
         det = build_face_detector([resolve_model(u) for u in cfg.detectors], cfg)
         rows.append((label, rate(lambda xs: [det.detect(a) for a in xs], arrays)))
