@@ -1,7 +1,7 @@
 """Throughput of a ViT-S-ish block stack on one DINOv2 multi-crop step: packed vs unpacked crops,
 efficient (subset) stochastic depth vs per-sample DropPath. Forward + backward, CPU by default.
 
-    python benchmarks/attention_packing.py [--images 2] [--depth 4] [--rate 0.4] [--rounds 5]
+    python -m benchmarks.attention_packing [--images 2] [--depth 4] [--rate 0.4] [--rounds 5]
 
 Each image brings 2 global crops (224 px, 257 tokens) and 8 local crops (98 px, 50 tokens).
 Tokens/s counts input tokens, so skipped branch work under subset stochastic depth shows up as
