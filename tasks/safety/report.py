@@ -8,6 +8,7 @@ Thumbnails are small (96 px) so the PNG can be embedded inline in a Prefect arti
 
 from __future__ import annotations
 
+import base64
 import io
 
 import pyarrow.compute as pc
@@ -70,6 +71,15 @@ def contact_sheet_png(examples: list[tuple[str, bytes, list[Box]]], thumb: int =
     buf = io.BytesIO()
     sheet.save(buf, "PNG", optimize=True)
     return buf.getvalue()
+
+
+def report_markdown(counts: dict, threshold: float | None, sheet_png: bytes | None) -> str:
+    """The counts table and, when given, the contact sheet inline as a data URI (renders in Prefect artifacts)."""
+    text = "## Safety: NSFW removal and face blurring\n\n" + counts_markdown(counts, threshold)
+    if sheet_png:
+        text += ("\n\n### Examples of blurred faces\n\n"
+                 f"![blurred faces](data:image/png;base64,{base64.b64encode(sheet_png).decode()})")
+    return text + "\n"
 
 
 def blurred_examples(stage_uri: str, limit: int = 12) -> list[tuple[str, bytes, list[Box]]]:

@@ -15,7 +15,7 @@ from storage.uri import join, list_files, write_bytes_atomic
 from tasks.safety.config import SafetyConfig
 from tasks.safety.decisions import DECISIONS_SCHEMA
 from tasks.safety.models import SafetyModelError
-from tasks.safety.report import blurred_examples, contact_sheet_png, counts_markdown
+from tasks.safety.report import blurred_examples, contact_sheet_png, counts_markdown, report_markdown
 from tasks.safety.stage import finalize_safety, plan_safety_parts, safety_input_digest, safety_part
 from tests.safety.models import BrightnessScore, save_torchscript
 from tests.safety.pool import make_crawl_stage
@@ -134,6 +134,8 @@ def test_parts_are_idempotent_and_report_shows_blurred_examples(screened):
     sheet = Image.open(io.BytesIO(contact_sheet_png(examples)))
     assert sheet.format == "PNG" and sheet.width < 200 and sheet.height < 200
     assert Image.open(io.BytesIO(contact_sheet_png([]))).format == "PNG"
+    text = report_markdown(commit["counts"], cfg.nsfw.threshold, contact_sheet_png(examples))
+    assert md in text and "](data:image/png;base64," in text
 
 
 def test_builtin_models_keep_every_ordinary_photo(tmp_path):
