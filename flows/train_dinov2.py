@@ -63,3 +63,13 @@ def train_dinov2(cfg: TrainFlowConfig = TrainFlowConfig()) -> dict:
     summary = prefect_task(_train_task, name="train")(cfg.train, run_uri)
     publish_training_artifacts(summary, cfg.run)
     return summary
+
+
+def run_from_cli(config: str, overrides: list[str]) -> dict:
+    """``lvd train --config PRESET [train.optim.total_steps=...]``: the preset's ``train`` section."""
+    from flows.config import PipelineConfig
+    from lvd.config import load_config
+
+    cfg = load_config(PipelineConfig, config, overrides)
+    run = f"{cfg.dataset}-{cfg.train.model.arch}"
+    return train_dinov2(TrainFlowConfig(storage=cfg.storage, run=run, train=cfg.train))

@@ -197,7 +197,15 @@ class SSLMetaArch(nn.Module):
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
-        """teacher <- momentum * teacher + (1 - momentum) * student, on local shards when sharded."""
+        """teacher <- momentum * teacher + (1 - momentum) * student, on local shards when sharded.
+
+        Sharded (FSDP2) modules may still hold gathered parameters after a forward without
+        backward (the teacher's); ``reshard`` puts every module back on its local shard first.
+        """
+        for part in (self.student, self.teacher):
+            for module in part.modules():
+                if hasattr(module, "reshard") and callable(module.reshard):
+                    module.reshard()
         s_params, t_params = [], []
         for name in self.student.keys():
             for (sn, sp), (tn, tp) in zip(

@@ -59,8 +59,11 @@ class ShardsSource(Source):
     name = "shards"
 
     def __init__(self, stage_uri: str, verify: bool = False) -> None:
+        from storage.commit import require_committed
         from storage.shards import manifest_shards
 
+        stage_uri = resolve_latest(stage_uri)
+        require_committed(stage_uri)
         self.stage_uri = stage_uri
         self.shards = [s for s in manifest_shards(stage_uri) if s.nsamples > 0]
         if not self.shards:
@@ -131,12 +134,25 @@ class FashionMnistSource(Source):
         return Image.fromarray(raw, mode="L").convert("RGB")
 
 
+def resolve_latest(stage_uri: str) -> str:
+    """``{root}/{dataset}/latest/shards`` -> the shards of the version ``latest`` names."""
+    head, sep, tail = stage_uri.rstrip("/").rpartition("/latest/")
+    if not sep or "/" in tail:
+        return stage_uri
+    from storage.commit import read_latest
+    from storage.uri import basename, join, parent
+
+    return join(head, read_latest(parent(head), basename(head)), tail)
+
+
 def _chunk_sizes(n: int) -> list[int]:
     return [min(_CHUNK, n - s) for s in range(0, n, _CHUNK)]
 
 
 def open_source(uri: str, kind: str = "auto") -> Source:
     """The source named by a URI: ``fashion-mnist[:test]``, an image folder, or a shards stage."""
+    if not uri.startswith("fashion-mnist"):
+        uri = resolve_latest(uri)
     if kind == "auto":
         if uri.startswith("fashion-mnist"):
             kind = "fashion_mnist"

@@ -43,7 +43,7 @@ def plan_processes(cfg: TrainConfig) -> tuple[int, str]:
 def torchrun_command(nproc: int, config_path: str, run_uri: str, summary_path: str) -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-        "-m", "tasks.train.entry", "--config", config_path, "--run", run_uri, "--summary", summary_path,
+        "-m", "tasks.train.entry", "--config", config_path, "--run-uri", run_uri, "--summary", summary_path,
     ]
 
 

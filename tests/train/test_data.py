@@ -116,7 +116,10 @@ def _jpeg(value):
 
 
 def test_committed_shards_source(tmp_path):
-    stage = f"file://{tmp_path}/shards"
+    from storage.commit import StageNotCommitted, commit_stage, publish_latest, stage_uri
+
+    root = f"file://{tmp_path}"
+    stage = stage_uri(root, "lvd", "v1", "shards")
     infos = []
     for s in range(2):
         with ShardWriter(join(stage, f"lvd-{s:06d}.tar")) as w:
@@ -124,6 +127,11 @@ def test_committed_shards_source(tmp_path):
                 w.write(f"s{s}-{i}", {"jpg": _jpeg(10 * s + i), "json": {"url": "x"}})
         infos.append(w.close())
     write_manifest(stage, infos)
+    with pytest.raises(StageNotCommitted):
+        open_source(stage)
+    commit_stage(stage, stage="shards", config_digest="c", input_digest="i", counts={"samples": 6})
+    publish_latest(root, "lvd", "v1", ["shards"])
+    assert open_source(f"{root}/lvd/latest/shards").stage_uri == stage
     src = open_source(stage)
     assert isinstance(src, ShardsSource) and src.shard_sizes() == [3, 3]
     key, raw = src.read_shard(1)[2]
