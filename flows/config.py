@@ -12,6 +12,7 @@ from tasks.crawl.config import CrawlConfig
 from tasks.dedup.config import DedupConfig
 from tasks.embed.config import EmbedConfig
 from tasks.retrieve.config import RetrieveConfig
+from tasks.safety.config import SafetyConfig
 from tasks.shard.config import ShardConfig
 from tasks.train.config import TrainConfig
 
@@ -33,6 +34,7 @@ class CurateConfig(BaseModel):
         "(.txt, one per line), as local paths, file:// or s3:// URIs.",
     )
     crawl: CrawlConfig = Field(default_factory=CrawlConfig, description="Fetching and storing images.")
+    safety: SafetyConfig = Field(default_factory=SafetyConfig, description="NSFW removal and face blurring.")
     dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact, perceptual and copy dedup; eval-set decontamination.")
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="The backbone that embeds pool and queries.")
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig, description="k-means, index and selection rules per query set.")

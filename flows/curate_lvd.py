@@ -21,9 +21,9 @@ from tasks.dedup import stage as dedup
 from tasks.dedup.embedder import load_copy_embedder
 from tasks.embed import run as embed
 from tasks.retrieve.run import run_retrieve
+from tasks.safety import stage as safety
 from tasks.shard.write import write_curated_shards
 
-CURATE_STAGES = ["crawl", "dedup", "embed", "retrieve", "shards"]
 
 
 def crawl_input_digest(parts: list) -> str:
@@ -45,6 +45,24 @@ def run_crawl(cfg: CurateConfig) -> tuple[str, dict]:
         parts=parts,
         run_part=lambda part: crawl.crawl_part(part, out, cfg.crawl),
         finalize=lambda summaries: crawl.finalize_crawl(out, parts, cfg.crawl, digest),
+        part_label=lambda part: part.name,
+    )
+    return out, commit
+
+
+def safety_enabled(cfg: CurateConfig) -> bool:
+    return cfg.safety.nsfw.enabled or cfg.safety.faces.enabled
+
+
+def run_safety(cfg: CurateConfig, crawl_uri: str) -> tuple[str, dict]:
+    """NSFW removal and face blurring per crawl shard; later stages read its (blurred) pool."""
+    out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "safety")
+    parts = safety.plan_safety_parts(crawl_uri, cfg.safety)
+    digest = safety.safety_input_digest(crawl_uri, cfg.safety)
+    commit = run_stage(
+        stage="safety", stage_uri=out, config=cfg.safety, input_digest=digest, parts=parts,
+        run_part=lambda part: safety.safety_part(part, out, cfg.safety),
+        finalize=lambda summaries: safety.finalize_safety(out, parts, cfg.safety, digest),
         part_label=lambda part: part.name,
     )
     return out, commit
@@ -142,12 +160,14 @@ def curate_lvd(cfg: CurateConfig) -> dict:
         stages[name] = {"uri": uri, "counts": commit.get("counts", {})}
         return uri
 
-    crawl_uri = record("crawl", run_crawl(cfg))
-    dedup_uri = record("dedup", run_dedup(cfg, crawl_uri))
-    embed_uri = record("embed", run_embed(cfg, crawl_uri, dedup_uri))
+    pool_uri = crawl_uri = record("crawl", run_crawl(cfg))
+    if safety_enabled(cfg):
+        pool_uri = record("safety", run_safety(cfg, crawl_uri))
+    dedup_uri = record("dedup", run_dedup(cfg, pool_uri))
+    embed_uri = record("embed", run_embed(cfg, pool_uri, dedup_uri))
     retrieve_uri = record("retrieve", run_retrieval(cfg, embed_uri))
-    record("shards", run_shards(cfg, retrieve_uri, crawl_uri))
-    publish_latest(cfg.storage.root, cfg.dataset, cfg.version, CURATE_STAGES)
+    record("shards", run_shards(cfg, retrieve_uri, pool_uri))
+    publish_latest(cfg.storage.root, cfg.dataset, cfg.version, list(stages))
     publish_stage_summary("curate-lvd", cfg.dataset, cfg.version, stages)
     prefect_task(publish_curation_report, name="report")(cfg.dataset, cfg.version, stages, cfg)
     logger.info("curate-lvd finished: %s", {k: v["counts"] for k, v in stages.items()})

@@ -55,7 +55,15 @@ def publish_curation_report(dataset: str, version: str, stages: dict[str, dict],
     from tasks.shard.write import composition_table
 
     name = f"{dataset}-{version}"
-    pool_uri = stages["crawl"]["uri"]
+    pool_uri = stages.get("safety", stages["crawl"])["uri"]
+    if "safety" in stages:
+        from tasks.safety.report import blurred_examples, contact_sheet_png, counts_markdown
+
+        examples = blurred_examples(stages["safety"]["uri"])
+        sheet = png_markdown("Blurred faces", contact_sheet_png(examples)) if examples else "No face was blurred.\n"
+        create_markdown_artifact(key=_artifact_key(f"safety-{name}"), description="safety: removed and blurred",
+                                 markdown=counts_markdown(stages["safety"]["counts"], cfg.safety.nsfw.threshold)
+                                 + "\n" + sheet)
     if "dedup" in stages:
         markdown, png = dedup_report(pool_uri, stages["dedup"]["uri"], cfg.dedup.eval_sets)
         create_markdown_artifact(key=_artifact_key(f"dedup-{name}"), description="dedup: removals per reason",
