@@ -4,6 +4,7 @@
     lvd train    --config cpu-tiny [overrides]
     lvd distill | evaluate | pipeline  (same shape)
     lvd info URI                        summary of a committed stage
+    lvd export URI OUT.safetensors      a trained model (backbone + SSL heads) as one safetensors file
     lvd demo                            serve the demo web on 127.0.0.1 and curate it end to end
     lvd doctor [--config P] [--pool P]  check the Prefect API, work pools, S3 and GPUs before runs start
 """
@@ -60,6 +61,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from lvd import export
+
+    print(json.dumps(export(args.uri, args.out), indent=2))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lvd.demo import run_demo
 
@@ -101,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the summary of a committed stage")
     p.add_argument("uri", help="stage URI, e.g. file://./lvd-data/lvd-demo/v1/crawl or s3://bucket/lvd/v1/shards")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("export", help="write a trained model (backbone and heads) to a .safetensors file")
+    p.add_argument("uri", help="run URI, checkpoint directory, .safetensors or official .pth")
+    p.add_argument("out", help="output file (path, file:// or s3://), e.g. model.safetensors")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("demo", help="serve the demo web on 127.0.0.1 and run the main job on it")
     p.add_argument("--data-dir", default="lvd-data", help="where the demo web and the dataset go")
     p.add_argument("--config", default="cpu-tiny")

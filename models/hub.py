@@ -4,6 +4,8 @@ Each builds the architecture of the matching release (patch 14, img_size 518 so 
 a 37x37 grid, LayerScale present, SwiGLU for ViT-g, 4 registers for `_reg` models, and the
 positional-embedding resize rule that release was trained with). `weights` is None (random init)
 or a local path to e.g. `dinov2_vits14_pretrain.pth`; nothing is downloaded.
+
+`from_safetensors` builds a model this project trained or distilled from its `lvd export` file.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from models.heads import DINOHead
 from models.official_weights import load_official_weights
 from models.presets import build_vit
 from models.vit import VisionTransformer
@@ -67,3 +70,68 @@ def dinov2_vitl14_reg(weights: Weights = None, **overrides: Any) -> VisionTransf
 
 def dinov2_vitg14_reg(weights: Weights = None, **overrides: Any) -> VisionTransformer:
     return _make("vit_giant2", weights, registers=True, **overrides)
+
+
+# ---- this project's exported models -------------------------------------------------------------
+
+SAFETENSORS_FORMAT = "lvd-dinov2"
+
+
+def dino_head_from_state_dict(state_dict: dict[str, Any]) -> DINOHead:
+    """A `DINOHead` shaped and loaded from its state dict (widths, depth and prototypes read off
+    the tensors). Accepts the official `last_layer.weight_g`/`weight_v` names of the old
+    `weight_norm` hook as well as the parametrization names this project uses."""
+    import torch
+
+    sd = dict(state_dict)
+    renames = {
+        "last_layer.weight_g": "last_layer.parametrizations.weight.original0",
+        "last_layer.weight_v": "last_layer.parametrizations.weight.original1",
+    }
+    sd = {renames.get(k, k): v for k, v in sd.items()}
+    linear = sorted(int(k.split(".")[1]) for k in sd if k.startswith("mlp.") and k.endswith(".weight"))
+    prototypes = sd.get("last_layer.parametrizations.weight.original1")
+    if not linear or prototypes is None:
+        raise ValueError(f"not a DINO head state dict: keys {sorted(sd)[:6]}")
+    first, last = sd[f"mlp.{linear[0]}.weight"], sd[f"mlp.{linear[-1]}.weight"]
+    head = DINOHead(
+        in_dim=int(first.shape[1]),
+        out_dim=int(prototypes.shape[0]),
+        hidden_dim=int(first.shape[0]) if len(linear) > 1 else 2048,
+        bottleneck_dim=int(last.shape[0]),
+        nlayers=len(linear),
+        mlp_bias=f"mlp.{linear[0]}.bias" in sd,
+    )
+    head.load_state_dict({k: torch.as_tensor(v) for k, v in sd.items()}, strict=True)
+    return head
+
+
+def from_safetensors(path: Weights, heads: bool = False):
+    """A backbone exported by `lvd export` (a `.safetensors` file), as a plain `VisionTransformer`.
+
+    The file carries the constructor arguments in its metadata, so nothing else is needed. With
+    `heads=True` the result is `(backbone, {"dino_head": ..., "ibot_head": ...})`: the SSL heads
+    are kept in the export so self-supervised training can continue from it.
+    """
+    import json
+
+    from safetensors import safe_open
+
+    with safe_open(os.fspath(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != SAFETENSORS_FORMAT:
+            raise ValueError(f"{path}: not an lvd export (metadata format {meta.get('format')!r})")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    kwargs = json.loads(meta["vit_kwargs"])
+    model = VisionTransformer(**kwargs)
+    backbone = {k.removeprefix("backbone."): v for k, v in tensors.items() if k.startswith("backbone.")}
+    load_official_weights(model, backbone)
+    model.eval()
+    if not heads:
+        return model
+    found = {}
+    for name in ("dino_head", "ibot_head"):
+        part = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        if part:
+            found[name] = dino_head_from_state_dict(part).eval()
+    return model, found
