@@ -179,7 +179,9 @@ class VisionTransformer(nn.Module):
 
     # ---- blocks -------------------------------------------------------------------------------
 
-    def _run_blocks(self, tokens: list[Tensor], take: Sequence[int] = ()) -> tuple[list[Tensor], dict[int, list[Tensor]]]:
+    def _run_blocks(
+        self, tokens: list[Tensor], take: Sequence[int] = ()
+    ) -> tuple[list[Tensor], dict[int, list[Tensor]]]:
         """Run token batches through all blocks, packed together or one by one.
 
         Returns the final [B_i, N_i, D] outputs and, for every block index in `take`, that

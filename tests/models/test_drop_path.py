@@ -50,9 +50,8 @@ def test_subset_runs_branch_on_kept_crops_only():
     # Every crop is either untouched or gets exactly B/kept times the full-batch branch update.
     full_update = branch(x, packing)
     changed = 0
-    for g, (out_g, x_g, upd_g), (b, kept) in zip(
-        range(2), zip(packing.unpack(out), packing.unpack(x), packing.unpack(full_update)), [(4, 2), (6, 3)]
-    ):
+    groups = zip(packing.unpack(out), packing.unpack(x), packing.unpack(full_update), [(4, 2), (6, 3)])
+    for out_g, x_g, upd_g, (b, kept) in groups:
         for i in range(b):
             if torch.equal(out_g[i], x_g[i]):
                 continue

@@ -67,7 +67,8 @@ def test_training_checkpoint_forms_are_unwrapped():
     source = tiny()
     chunked = project_to_official(source, block_chunks=2)
     assert "blocks.1.3.mlp.fc1.weight" in chunked and "blocks.0.1.ls2.gamma" in chunked
-    teacher_ckpt = {"teacher": {**{f"backbone.{k}": v for k, v in chunked.items()}, "dino_head.mlp.0.weight": torch.zeros(3)}}
+    backbone = {f"backbone.{k}": v for k, v in chunked.items()}
+    teacher_ckpt = {"teacher": {**backbone, "dino_head.mlp.0.weight": torch.zeros(3)}}
     converted = official_to_project(teacher_ckpt)
     assert set(converted) == set(source.state_dict())
     target = build_vit("vit_pico", img_size=56, init_values=1.0)
@@ -147,7 +148,9 @@ def test_vit_from_official_state_dict_round_trip(registers, ffn):
     torch.testing.assert_close(model(images), source(images), atol=0, rtol=0)
     # Release conventions are assumed for resizing; this project's own rule is an override away.
     assert (model.interpolate_antialias, model.interpolate_offset) == ((True, 0.0) if registers else (False, 0.1))
-    ours, _ = vit_from_official_state_dict(project_to_official(source), interpolate_antialias=True, interpolate_offset=0.0)
+    ours, _ = vit_from_official_state_dict(
+        project_to_official(source), interpolate_antialias=True, interpolate_offset=0.0
+    )
     small = torch.randn(2, 3, 28, 42)
     torch.testing.assert_close(ours(small), source(small), atol=0, rtol=0)
     custom, _ = vit_from_official_state_dict(project_to_official(source), num_heads=4)
