@@ -270,6 +270,8 @@ def load_embedder(
     if isinstance(payload, dict) and "model_config" in payload and "backbone" in payload:
         model = vit_from_checkpoint(payload)
         model_id = str(payload["model_config"].get("name", name))
+        # Embed at the resolution the model was trained at unless told otherwise.
+        kw["image_size"] = image_size or payload["model_config"].get("img_size")
         return vit_embedder(model, f"checkpoint:{model_id}:{name}", checksum, dev, **kw)
     model, model_id = official_model(payload) if isinstance(payload, dict) else (None, "")
     if model is not None:

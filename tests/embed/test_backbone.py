@@ -75,10 +75,11 @@ def _reference_features(model, x):
 
 def test_project_checkpoint_loads(tmp_path, images):
     torch.manual_seed(0)
-    model = build_vit("vit_pico", num_register_tokens=2)
+    model = build_vit("vit_pico", num_register_tokens=2, img_size=56)
     path = tmp_path / "ckpt.pt"
-    torch.save({"model_config": {"name": "vit_pico", "num_register_tokens": 2},
+    torch.save({"model_config": {"name": "vit_pico", "num_register_tokens": 2, "img_size": 56},
                 "backbone": {f"backbone.{k}": v for k, v in model.state_dict().items()}}, path)
+    assert load_embedder(str(path)).image_size == 56  # the training resolution by default
     emb = load_embedder(str(path), image_size=28)
     x = batch(emb, images)
     torch.testing.assert_close(emb(x), _reference_features(model, x), atol=1e-5, rtol=1e-5)
