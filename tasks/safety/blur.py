@@ -32,7 +32,9 @@ def _blur_patch(patch: Image.Image, method: str, strength: float) -> Image.Image
     return patch.filter(ImageFilter.GaussianBlur(radius)).filter(ImageFilter.GaussianBlur(radius))
 
 
-def blur_faces(img: Image.Image, boxes: list[Box], method: str, strength: float, margin: float) -> tuple[Image.Image, list[Box]]:
+def blur_faces(
+    img: Image.Image, boxes: list[Box], method: str, strength: float, margin: float
+) -> tuple[Image.Image, list[Box]]:
     """A copy of ``img`` with every face region blurred, and the regions that were changed."""
     out = img.convert("RGB").copy()
     regions = []

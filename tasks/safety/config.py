@@ -89,7 +89,8 @@ class FaceConfig(BaseModel):
         True, description="Also run profile cascades on the mirrored image (they only see faces turned one way)."
     )
     margin: float = Field(
-        0.15, ge=0.0, le=1.0, description="Each face box grows by this fraction of its size on every side before blurring."
+        0.15, ge=0.0, le=1.0,
+        description="Each face box grows by this fraction of its size on every side before blurring.",
     )
     method: Literal["gaussian", "pixelate"] = Field("gaussian", description="How a face region is made unrecognisable.")
     strength: float = Field(

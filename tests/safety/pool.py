@@ -47,7 +47,8 @@ def make_crawl_stage(stage_uri: str, shards: list[list[str]], corrupt: dict[int,
     infos, names = [], {}
     for s, photos in enumerate(shards):
         with ShardWriter(join(stage_uri, f"pool-{s:06d}-000.tar")) as w:
-            items = [(p, jpeg(photo(p))) for p in photos] + [("corrupt", b"\xff\xd8\xff\xe0 truncated")] * corrupt.get(s, 0)
+            bad = [("corrupt", b"\xff\xd8\xff\xe0 truncated")] * corrupt.get(s, 0)
+            items = [(p, jpeg(photo(p))) for p in photos] + bad
             for i, (name, data) in enumerate(items):
                 key = f"{s:06d}-{i + 1:07d}"
                 h, wdt = photo(name).shape[:2] if name != "corrupt" else (0, 0)

@@ -74,7 +74,8 @@ def test_models_whose_input_does_not_fit_fail_on_the_probe(tmp_path):
     with pytest.raises(SafetyModelError, match="takes 224x224 inputs"):
         check_models(SafetyConfig(nsfw=NsfwConfig(input_size=256, resize=288), faces={"enabled": False}))
     with pytest.raises(SafetyModelError, match="not a probability"):
-        check_models(SafetyConfig(nsfw=NsfwConfig(model=save_torchscript(BrightnessScore(32, pivot=-1.0), tmp_path / "b.pt"),
-                                                  **{**BRIGHT, "activation": "none"}), faces={"enabled": False}))
+        logits = save_torchscript(BrightnessScore(32, pivot=-1.0), tmp_path / "b.pt")
+        check_models(SafetyConfig(nsfw=NsfwConfig(model=logits, **{**BRIGHT, "activation": "none"}),
+                                  faces={"enabled": False}))
     with pytest.raises(SafetyModelError, match="nsfw_index is 3"):
         check_models(SafetyConfig(nsfw=NsfwConfig(model=path, input_size=32, nsfw_index=3), faces={"enabled": False}))

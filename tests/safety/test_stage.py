@@ -157,3 +157,18 @@ def test_bad_model_or_uncommitted_crawl_fails_before_any_work(tmp_path):
         plan_safety_parts(crawl_uri, SafetyConfig(nsfw={"model": f"file://{tmp_path}/missing.onnx"}))
     with pytest.raises(SafetyModelError, match="takes 224x224"):
         plan_safety_parts(crawl_uri, SafetyConfig(nsfw={"input_size": 112, "resize": 128}))
+
+
+def test_a_crawl_shard_that_changed_after_its_commit_fails_its_part_and_publishes_nothing(tmp_path):
+    crawl_uri = f"file://{tmp_path}/crawl"
+    make_crawl_stage(crawl_uri, [["coffee", "chelsea"]])
+    cfg = SafetyConfig(nsfw={"enabled": False}, faces=FAST_FACES, workers=0)
+    (part,) = plan_safety_parts(crawl_uri, cfg)
+    shard = tmp_path / "crawl" / "pool-000000-000.tar"
+    data = bytearray(shard.read_bytes())
+    data[-2000] ^= 0xFF  # flip a byte in the last member's padding: still a readable tar, other bytes
+    shard.write_bytes(bytes(data))
+    out = f"file://{tmp_path}/safety"
+    with pytest.raises(ValueError, match="does not match the manifest"):
+        safety_part(part, out, cfg)
+    assert list_files(out, ".tar") == [] and not (tmp_path / "safety" / "_parts").exists()
