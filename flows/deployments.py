@@ -39,12 +39,25 @@ DEPLOYMENTS = [
     Deployment("curate-lvd", "lvd-142m", "flows/curate_lvd.py:curate_lvd", "lvd-142m",
                description="Production curation with the paper's settings; weekly refresh into a new version.",
                schedules=[WEEKLY_REFRESH]),
+    Deployment("train-dinov2", "cpu-tiny", "flows/train_dinov2.py:train_dinov2", "cpu-tiny", section="train",
+               description="Pretrain the tiny preset on Fashion-MNIST on CPU (k-NN climbs within minutes)."),
+    Deployment("train-dinov2", "vitl14", "flows/train_dinov2.py:train_dinov2", "vitl14", pool=GPU_POOL,
+               section="train", description="Pretrain ViT-L/14 with the official recipe on GPUs (torchrun + FSDP)."),
+    Deployment("lvd-pipeline", "cpu-tiny", "flows/pipeline.py:lvd_pipeline", "cpu-tiny", section="pipeline",
+               description="The whole DAG on the cpu-tiny preset: curate, train, export the backbone."),
 ]
 
 
 def parameters_for(dep: Deployment) -> dict:
     cfg = load_config(PipelineConfig, dep.preset)
-    part = getattr(cfg, dep.section)() if dep.section != "pipeline" else cfg
+    if dep.section == "pipeline":
+        part = cfg
+    elif dep.section == "train":
+        from flows.train_dinov2 import TrainFlowConfig
+
+        part = TrainFlowConfig(storage=cfg.storage, run=f"{cfg.dataset}-{cfg.train.model.arch}", train=cfg.train)
+    else:
+        part = getattr(cfg, dep.section)()
     return {"cfg": part.model_dump(mode="json", exclude_defaults=True)}
 
 

@@ -71,7 +71,7 @@ def demo_config(config: str, overrides: list[str], server, web) -> PipelineConfi
 
 
 def run_demo(data_dir: str, config: str = "cpu-tiny", overrides: list[str] | None = None) -> dict:
-    from flows.curate_lvd import curate_lvd
+    from flows.pipeline import lvd_pipeline
     from tasks.crawl.demo_web import DemoWeb, build_demo_web, serve_demo_web
 
     web_dir = Path(data_dir) / "demo-web"
@@ -84,12 +84,20 @@ def run_demo(data_dir: str, config: str = "cpu-tiny", overrides: list[str] | Non
     started = time.monotonic()
     with serve_demo_web(web_dir) as server:
         print(f"demo web: serving {len(web.pages)} pages on 127.0.0.1:{server.port}")
-        cfg = demo_config(config, overrides or [], server, web)
-        result = curate_lvd(cfg.curate())
+        # No embedding model is given: the pipeline trains a bootstrap ViT on the query set first.
+        cfg = demo_config(config, ["embed.backbone=bootstrap", *(overrides or [])], server, web)
+        result = lvd_pipeline(cfg)
     elapsed = time.monotonic() - started
-    print(f"\ncurate-lvd finished in {elapsed:.0f} s: dataset {result['dataset']} version {result['version']}")
-    for stage, info in result["stages"].items():
+    curated = result["curate"]
+    print(f"\nlvd-pipeline finished in {elapsed:.0f} s: dataset {curated['dataset']} version {curated['version']}")
+    if "bootstrap_backbone" in result:
+        print(f"  bootstrap embedder  {result['bootstrap_backbone']}")
+    for stage, info in curated["stages"].items():
         print(f"  {stage:<9} {info['uri']}")
         print(f"            {info['counts']}")
+    print(f"  trained backbone    {result['backbone']}")
+    print(f"  training run        {result['train']['run_uri']}  (metrics.parquet, summary.json)")
+    for key, where in result.get("reports", {}).items():
+        print(f"  {key:<19} {where}")
     print("\ninspect a stage with: .venv/bin/lvd info <uri>")
     return result

@@ -1,0 +1,73 @@
+"""lvd-pipeline: curate-lvd -> train-dinov2 (-> distill-dinov2 -> evaluate-dinov2), as one flow.
+
+Each stage reads the previous one's committed artifacts by URI; rerunning the pipeline skips
+committed curation stages and resumes training from its last checkpoint. When the embed stage
+has no model (`embed.backbone: bootstrap`), a small ViT is first trained on the curated query
+sets themselves and used as the curation embedder.
+"""
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.config import PipelineConfig
+from flows.curate_lvd import curate_lvd
+from flows.stages import prefect_task, use_storage
+from flows.train_dinov2 import TrainFlowConfig, train_dinov2
+from lvd.config import load_config
+from storage.uri import join
+from tasks.train.export import export_teacher_backbone
+
+BOOTSTRAP = "bootstrap"
+
+
+def bootstrap_train_config(cfg: PipelineConfig):
+    """The preset's training recipe, shortened, on the first query set's images."""
+    queries = cfg.retrieve.queries
+    if not queries:
+        raise ValueError("embed.backbone=bootstrap needs a query set to train on (retrieve.queries is empty)")
+    train = cfg.train.model_copy(deep=True)
+    train.data.source = queries[0].uri
+    train.data.kind = "auto"
+    train.optim.total_steps = max(20, cfg.train.optim.total_steps // 2)
+    train.checkpoint.every_steps = train.optim.total_steps
+    return train
+
+
+def bootstrap_embedder(cfg: PipelineConfig, root: str) -> str:
+    """Train a small model on the query sets and return its exported backbone's URI."""
+    logger = get_run_logger()
+    run = f"{cfg.dataset}-{cfg.version}-bootstrap"
+    logger.info("no embedding model configured (embed.backbone=bootstrap): training %s on query set %r first",
+                run, cfg.retrieve.queries[0].name if cfg.retrieve.queries else None)
+    summary = train_dinov2(TrainFlowConfig(storage=cfg.storage, run=run, train=bootstrap_train_config(cfg)))
+    return prefect_task(export_teacher_backbone, name="export-bootstrap")(summary["run_uri"])
+
+
+@flow(name="lvd-pipeline", log_prints=True)
+def lvd_pipeline(cfg: PipelineConfig) -> dict:
+    """The whole DAG on one config; returns the URIs and headline numbers of every step."""
+    logger = get_run_logger()
+    storage = use_storage(cfg.storage)
+    curate_cfg = cfg.curate()
+    result: dict = {"dataset": cfg.dataset}
+    if curate_cfg.embed.backbone == BOOTSTRAP:
+        backbone = bootstrap_embedder(cfg, storage.root)
+        curate_cfg = curate_cfg.model_copy(
+            update={"embed": curate_cfg.embed.model_copy(update={"backbone": backbone})})
+        result["bootstrap_backbone"] = backbone
+    curated = curate_lvd(curate_cfg)
+    result["curate"] = curated
+    shards_uri = curated["stages"]["shards"]["uri"]
+    train = cfg.train.model_copy(deep=True)
+    train.data.source = shards_uri
+    train.data.kind = "shards"
+    run = f"{cfg.dataset}-{curated['version']}-{train.model.arch}"
+    trained = train_dinov2(TrainFlowConfig(storage=cfg.storage, run=run, train=train))
+    result["train"] = {k: trained.get(k) for k in ("run_uri", "checkpoint_uri", "final", "knn")}
+    result["backbone"] = prefect_task(export_teacher_backbone, name="export-backbone")(trained["run_uri"])
+    logger.info("lvd-pipeline: dataset %s, trained backbone at %s", shards_uri, result["backbone"])
+    return result
+
+
+def run_from_cli(config: str, overrides: list[str]) -> dict:
+    return lvd_pipeline(load_config(PipelineConfig, config, overrides))
