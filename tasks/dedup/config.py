@@ -31,8 +31,9 @@ class DedupConfig(BaseModel):
     hash_radius: int = Field(
         4, ge=0, le=32, description="Two codes within this Hamming distance (inclusive) are duplicates."
     )
-    hash_neighbours: int = Field(
-        32, ge=1, le=1024, description="Neighbours fetched per distinct code in the Hamming search (bounds memory)."
+    hash_bucket_cap: int = Field(
+        1024, ge=1, le=1_000_000,
+        description="Hamming search: codes compared per code within one substring bucket (bounds work on degenerate buckets).",
     )
     hash_train_samples: int = Field(
         100_000, ge=256, le=10_000_000, description="Pool images sampled to train the PCA hash."

@@ -213,7 +213,7 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
     min_dist = np.full(n, np.iinfo(np.int32).max, dtype=np.int64)
     if cfg.hash_method != "none" and valid.sum() > 1:
         rows = np.nonzero(valid)[0]
-        for a, b, dist in hamming_neighbour_pairs(pool["codes"][rows], cfg.hash_radius, cfg.hash_neighbours, cfg.search_batch):
+        for a, b, dist in hamming_neighbour_pairs(pool["codes"][rows], cfg.hash_radius, cfg.hash_bucket_cap):
             uf.union(rows[a], rows[b])
             np.minimum.at(min_dist, rows[a], dist)
             np.minimum.at(min_dist, rows[b], dist)
