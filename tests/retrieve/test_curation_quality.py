@@ -114,3 +114,19 @@ def test_hierarchical_balanced_strategy_spreads_over_sources(curated):
     # The pool is 50% Fashion-MNIST; balanced sampling thins the dominant concept.
     assert domains["fmnist"] / 500 < 0.45 and domains["digits"] > 50 and domains["photo"] > 50
     assert read_commit(str(root / "r-bal"))["extra"]["strategy"] == "hierarchical_balanced"
+
+
+def test_compressed_index_and_two_level_kmeans_in_the_stage(curated, tmp_path):
+    pool, stage, sets, _ = curated
+    cfg = RetrieveConfig(
+        queries=[sets[0]],
+        kmeans=KMeansConfig(n_clusters=40, coarse_clusters=5),
+        index=IndexConfig(exact_below=0, nlist=8, pq_m=256, nprobe=8, factory="IVF{nlist},PQ{m}x4fs,RFlat"),
+    )
+    commit = run_retrieve(stage, str(tmp_path / "r"), cfg)
+    info = commit["extra"]["index"]
+    assert info["factory"] == "IVF8,PQ256x4fs,RFlat" and info["queries"] == 200
+    assert 0.8 <= info["recall_at_k"] <= 1.0
+    assert commit["counts"]["clusters"] == 40
+    _, precision, classes = score(pool, read_selection(str(tmp_path / "r")).to_pylist())
+    assert precision >= 0.85 and len(classes) == 10
