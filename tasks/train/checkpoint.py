@@ -161,9 +161,12 @@ def save_checkpoint(
             mine += [f for f in os.listdir(stage) if f == ".metadata"]
         for fname in mine:
             su.put_file_atomic(os.path.join(stage, fname), su.join(final_uri, fname))
-        _barrier()
+        everyone = [mine]
+        if dist.is_available() and dist.is_initialized():
+            everyone = [None] * world
+            dist.all_gather_object(everyone, mine)
         if rank == 0:
-            marker["files"] = sorted(os.listdir(stage))
+            marker["files"] = sorted({f for files in everyone for f in files})
             su.write_bytes_atomic(su.join(final_uri, MARKER), json.dumps(marker).encode())
         shutil.rmtree(stage, ignore_errors=True)
     _barrier()
@@ -179,8 +182,10 @@ def _local_copy(ref: CheckpointRef) -> tuple[str, bool]:
     if su.scheme_of(ref.uri) == "file":
         return su.open_fs(ref.uri)[1], False
     tmp = tempfile.mkdtemp(prefix="lvd-ckpt-load-")
-    marker = json.loads(su.read_bytes(su.join(ref.uri, MARKER)))
-    for fname in marker["files"]:
+    marker_bytes = su.read_bytes(su.join(ref.uri, MARKER))
+    with open(os.path.join(tmp, MARKER), "wb") as f:
+        f.write(marker_bytes)
+    for fname in json.loads(marker_bytes)["files"]:
         with open(os.path.join(tmp, fname), "wb") as f:
             f.write(su.read_bytes(su.join(ref.uri, fname)))
     return tmp, True
