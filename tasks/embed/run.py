@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import re
 import time
 from collections.abc import Iterable
@@ -132,10 +133,10 @@ def embed_shard(
     return summary
 
 
-def _query_items(qs: QuerySetConfig, labels: dict[str, str | None]) -> Iterable[tuple[str, bytes]]:
+def _query_items(qs: QuerySetConfig) -> Iterable[tuple[str, bytes]]:
+    # The label travels inside the loader key, so decoding can run in worker processes.
     for img in iter_query_images(qs):
-        labels[img.id] = img.label
-        yield img.id, img.data
+        yield json.dumps([img.id, img.label]), img.data
 
 
 def embed_query_set(qs: QuerySetConfig, stage_uri: str, cfg: EmbedConfig, *, embedder: Embedder | None = None) -> dict:
@@ -146,10 +147,11 @@ def embed_query_set(qs: QuerySetConfig, stage_uri: str, cfg: EmbedConfig, *, emb
         return done
     check_query_set(qs)
     embedder = embedder or get_embedder(cfg)
-    labels: dict[str, str | None] = {}
     start = time.perf_counter()
-    # Labels are collected while iterating, so decoding stays in this process for query sets.
-    ids, vectors, failed = embed_items(embedder, functools.partial(_query_items, qs, labels), cfg.batch_size, 0)
+    keys, vectors, failed = embed_items(embedder, functools.partial(_query_items, qs), cfg.batch_size, cfg.num_workers)
+    pairs = [json.loads(k) for k in keys]
+    ids, labels = [p[0] for p in pairs], {p[0]: p[1] for p in pairs}
+    failed = [json.loads(k)[0] for k in failed]
     if not ids:
         raise QuerySetError(f"query set {qs.name!r}: none of its images could be decoded ({len(failed)} failed)")
     base = join(stage_uri, "queries", qs.name)

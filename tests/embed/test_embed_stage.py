@@ -112,7 +112,7 @@ def test_query_sets_in_three_formats_embed_to_the_same_vectors(tmp_path, fm):
     sets = make_query_sources(tmp_path, fm)
     labels = {}
     for qs in sets:
-        s = embed_query_set(qs, stage, CFG)
+        s = embed_query_set(qs, stage, CFG.model_copy(update={"num_workers": 2 if qs.name == "wds" else 0}))
         assert s["images"] == 12
         q = load_query_embeddings(stage, qs.name)
         order = np.argsort([int(k.rsplit("/", 1)[-1].split(".")[0].lstrip("imgs")) for k in q.keys])
