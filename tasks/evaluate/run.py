@@ -1,0 +1,154 @@
+"""``evaluate(cfg, run_uri) -> summary``: every protocol on every model, one comparison.
+
+Order matters for failures: every dataset is read and label-checked and every model is loaded
+(architecture checked against its checkpoint) before the first feature is computed. Then each
+model's features are computed once per split and shared by k-NN, the linear probes and copy
+detection. Results go to ``{run}/results.parquet`` (one row per model, set and metric),
+``{run}/report.md``, ``{run}/pca-*.png`` and ``{run}/summary.json``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from storage import uri as su
+from tasks.evaluate.config import EvaluateConfig
+from tasks.evaluate.datasets import EvalSet, load_eval_set
+from tasks.evaluate.features import EvalModel, feature_variants_of, features_for, knn_features, resolve_model
+from tasks.evaluate.knn import knn_accuracy
+from tasks.evaluate.linear import linear_probe
+from tasks.evaluate.report import comparison_markdown, comparison_table
+
+RESULT_SCHEMA = pa.schema([("model", pa.string()), ("dataset", pa.string()), ("metric", pa.string()),
+                           ("value", pa.float64()), ("detail", pa.string())])
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def prepare(cfg: EvaluateConfig) -> tuple[list[EvalSet], list[EvalModel]]:
+    """Read and check every set, load every model: all bad input fails here, before any work."""
+    sets = [load_eval_set(d, cfg.image_size, cfg.seed) for d in cfg.datasets]
+    models = [resolve_model(spec, cfg.image_size, cfg.pixels_size) for spec in [*cfg.models, *cfg.baselines]]
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"the same model is listed twice: {names}")
+    return sets, models
+
+
+def evaluate_set(model: EvalModel, data: EvalSet, cfg: EvaluateConfig, device: torch.device,
+                 cache_uri: str | None) -> list[dict]:
+    """k-NN and linear-probe rows of one model on one labelled set."""
+    train = features_for(model, f"{data.name}/train", data.train.images, cfg.image_size, device, cfg.batch_size, cache_uri)
+    test = features_for(model, f"{data.name}/test", data.test.images, cfg.image_size, device, cfg.batch_size, cache_uri)
+    y_train, y_test = torch.as_tensor(data.train.labels), torch.as_tensor(data.test.labels)
+    rows = []
+    if cfg.knn.enabled:
+        acc = knn_accuracy(knn_features(train), y_train, knn_features(test), y_test, cfg.knn.ks,
+                           cfg.knn.temperature, data.num_classes)
+        rows += [{"metric": f"knn_top1_k{k}", "value": v} for k, v in acc.items()]
+    if cfg.linear.enabled:
+        lin = linear_probe(feature_variants_of(train), y_train, feature_variants_of(test), y_test, data.num_classes,
+                           cfg.linear.lrs, cfg.linear.epochs, cfg.linear.batch_size, cfg.linear.heldout_fraction,
+                           cfg.seed)
+        detail = json.dumps({"variant": lin["linear_variant"], "lr": lin["linear_lr"]})
+        rows += [{"metric": "linear_top1", "value": lin["linear_top1"], "detail": detail},
+                 {"metric": "linear_heldout_top1", "value": lin["linear_heldout_top1"], "detail": detail}]
+    return [{"model": model.name, "dataset": data.name, "detail": "", **r} for r in rows]
+
+
+def evaluate_copy_detection(models: list[EvalModel], cfg: EvaluateConfig, device: torch.device,
+                            cache_uri: str | None, log: Callable[[str], None]) -> list[dict]:
+    from tasks.evaluate.copy_detection import copy_detection_metrics, planted_copy_set
+
+    cd = cfg.copy_detection
+    planted = planted_copy_set(cd.n_with_copies, tuple(cd.edits), cfg.image_size, cfg.seed)
+    log(f"copy detection: {len(planted.references)} references, {len(planted.queries)} queries, "
+        f"{planted.n_pairs} true pairs")
+    refs, queries = np.stack(planted.references), np.stack(planted.queries)
+    rows = []
+    for model in models:
+        r = knn_features(features_for(model, "planted/references", refs, cfg.image_size, device, cfg.batch_size, cache_uri))
+        q = knn_features(features_for(model, "planted/queries", queries, cfg.image_size, device, cfg.batch_size, cache_uri))
+        for metric, value in copy_detection_metrics(r, q, planted.truth, cd.top_k).items():
+            rows.append({"model": model.name, "dataset": "planted", "metric": metric, "value": value, "detail": ""})
+    return rows
+
+
+def pca_pictures(models: list[EvalModel], cfg: EvaluateConfig, device: torch.device) -> dict[str, bytes]:
+    """Model name -> PNG of the patch-PCA picture (ViTs only)."""
+    from tasks.dedup.planted import source_photos
+    from tasks.evaluate.datasets import eval_transform
+    from tasks.evaluate.features import model_inputs
+    from tasks.evaluate.pca import pca_picture
+
+    photos = [eval_transform(img, cfg.pca.image_size) for _, img in source_photos()[: cfg.pca.n_images]]
+    inputs = model_inputs(np.stack(photos), cfg.pca.image_size)
+    out = {}
+    for model in models:
+        if model.backbone is not None:
+            model.backbone.to(device)
+            out[model.name] = pca_picture(model.backbone, photos, inputs.to(device))
+    return out
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:80]
+
+
+def evaluate(cfg: EvaluateConfig, run_uri: str, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate every model in ``cfg`` into ``run_uri``; returns URIs, the table and picture URIs."""
+    t0 = time.perf_counter()
+    device = _device(cfg.device)
+    if device.type == "cpu" and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    sets, models = prepare(cfg)
+    log(f"evaluating {[m.name for m in models]} on {[s.name for s in sets]}")
+    su.write_bytes_atomic(su.join(run_uri, "config.json"), cfg.model_dump_json(indent=1).encode())
+    cache_uri = su.join(run_uri, "features")
+    rows: list[dict] = []
+    for data in sets:
+        for model in models:
+            rows += evaluate_set(model, data, cfg, device, cache_uri)
+            log(f"{model.name} on {data.name}: " + ", ".join(f"{r['metric']}={r['value']:.4f}"
+                                                            for r in rows if r["model"] == model.name
+                                                            and r["dataset"] == data.name))
+    if cfg.copy_detection.enabled:
+        rows += evaluate_copy_detection(models, cfg, device, cache_uri, log)
+    pictures = pca_pictures(models, cfg, device) if cfg.pca.enabled else {}
+    picture_uris = {}
+    for name, png in pictures.items():
+        picture_uris[name] = su.join(run_uri, f"pca-{_slug(name)}.png")
+        su.write_bytes_atomic(picture_uris[name], png)
+
+    table = comparison_table(rows, models)
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), buf)
+    su.write_bytes_atomic(su.join(run_uri, "results.parquet"), buf.getvalue())
+    markdown = comparison_markdown(table, cfg, {n: su.basename(u) for n, u in picture_uris.items()})
+    su.write_bytes_atomic(su.join(run_uri, "report.md"), markdown.encode())
+    summary = {
+        "run_uri": run_uri,
+        "models": [{"name": m.name, "kind": m.kind, "params": m.params} for m in models],
+        "datasets": [{"name": s.name, "train": len(s.train), "test": len(s.test), "classes": s.num_classes}
+                     for s in sets],
+        "table": table,
+        "results_uri": su.join(run_uri, "results.parquet"),
+        "report_uri": su.join(run_uri, "report.md"),
+        "pictures": picture_uris,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    su.write_bytes_atomic(su.join(run_uri, "summary.json"), json.dumps(summary, indent=1).encode())
+    return summary
