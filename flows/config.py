@@ -10,7 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from storage.config import StorageConfig
 from tasks.crawl.config import CrawlConfig
 from tasks.dedup.config import DedupConfig
+from tasks.distill.config import DistillConfig
 from tasks.embed.config import EmbedConfig
+from tasks.evaluate.config import EvaluateConfig
 from tasks.retrieve.config import RetrieveConfig
 from tasks.safety.config import SafetyConfig
 from tasks.shard.config import ShardConfig
@@ -51,6 +53,10 @@ class PipelineConfig(CurateConfig):
     model_config = ConfigDict(extra="forbid")
 
     train: TrainConfig = Field(default_factory=TrainConfig, description="DINOv2 pretraining (train-dinov2).")
+    distill: DistillConfig = Field(default_factory=DistillConfig,
+                                   description="Distillation into a smaller student (distill-dinov2).")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig,
+                                     description="k-NN, linear probes, copy detection and PCA pictures (evaluate-dinov2).")
 
     def curate(self) -> CurateConfig:
         return CurateConfig.model_validate(self.model_dump(include=curate_fields()))
