@@ -17,7 +17,6 @@ import tempfile
 from collections import defaultdict
 
 import numpy as np
-import pyarrow as pa
 
 from storage.commit import (
     begin_stage,

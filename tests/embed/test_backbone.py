@@ -1,5 +1,4 @@
 import hashlib
-import io
 
 import numpy as np
 import pytest

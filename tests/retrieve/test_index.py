@@ -3,7 +3,7 @@ import pytest
 
 from tasks.datasets import fashion_mnist
 from tasks.retrieve.config import IndexConfig
-from tasks.retrieve.index import build_index, default_pq_m, exact_search, factory_string, measure_recall, recall_at_k
+from tasks.retrieve.index import build_index, default_pq_m, factory_string, measure_recall, recall_at_k
 from tasks.retrieve.kmeans import normalise_rows
 
 
