@@ -1,0 +1,33 @@
+import pytest
+
+from tests.train.conftest import needs_fashion_mnist
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_distill_then_evaluate_flows_publish_artifacts(prefect_backend, tmp_path):
+    from prefect.artifacts import Artifact
+
+    from flows.distill_dinov2 import DistillFlowConfig, distill_dinov2
+    from flows.evaluate_dinov2 import EvaluateFlowConfig, evaluate_dinov2
+    from storage.config import StorageConfig
+    from tasks.evaluate.config import EvaluateConfig, EvalSetConfig
+    from tests.distill.test_distill import distill_config, write_run
+    from tests.train.conftest import tiny_config
+
+    teacher = write_run(tmp_path / "teacher", tiny_config())
+    storage = StorageConfig(root=f"file://{tmp_path}")
+    dcfg = distill_config(teacher, optim=dict(total_steps=2),
+                          eval=dict(knn_dataset="fashion-mnist", knn_train_size=100, knn_test_size=50, knn_ks=[10]))
+    summary = distill_dinov2(DistillFlowConfig(storage=storage, run="student", distill=dcfg))
+    assert summary["steps"] == 2 and "knn_top1_k10" in summary["teacher_knn"]
+    assert "knn_top1_k10" in str(Artifact.get("distill-student-knn").data)
+
+    ecfg = EvaluateConfig(models=[f"file://{tmp_path}/runs/student"], baselines=["pixels"],
+                          datasets=[EvalSetConfig(train_size=100, test_size=50)], image_size=28,
+                          linear=dict(lrs=(0.1,), epochs=1), pca=dict(n_images=1, image_size=56), device="cpu")
+    result = evaluate_dinov2(EvaluateFlowConfig(storage=storage, run="eval", evaluate=ecfg))
+    assert [row["model"] for row in result["table"]] == ["student@step-2", "pixels:32"]
+    assert "fashion-mnist/linear_top1" in str(Artifact.get("evaluate-eval-table").data)
+    assert "| student@step-2 |" in Artifact.get("evaluate-eval-report").data
+    assert "data:image/png;base64," in Artifact.get("evaluate-eval-pca-student-step-2").data
