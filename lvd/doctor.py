@@ -120,6 +120,7 @@ def check_storage(storage: StorageConfig, timeout: float = 5.0) -> Check:
         s3 = session.client("s3", endpoint_url=storage.endpoint_url, region_name=storage.region,
                             config=Config(s3={"addressing_style": "path"}, connect_timeout=timeout,
                                           read_timeout=timeout, retries={"max_attempts": 1}))
+        s3.head_bucket(Bucket=bucket)  # some stores create a missing bucket on the first PUT
         key = f"{prefix}/_doctor/{uuid.uuid4().hex}".lstrip("/")
         s3.put_object(Bucket=bucket, Key=key, Body=b"ok")
         s3.delete_object(Bucket=bucket, Key=key)
@@ -131,7 +132,7 @@ def check_storage(storage: StorageConfig, timeout: float = 5.0) -> Check:
         if code in {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "Forbidden"}:
             return Check("storage", False, f"{where}: S3 refused the credentials ({code})",
                          "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY against the store's identities")
-        if code in {"NoSuchBucket", "404"}:
+        if code in {"NoSuchBucket", "404", "NotFound"}:
             return Check("storage", False, f"{where}: bucket {bucket!r} does not exist",
                          f"create it (deploy/init.sh creates the bucket of LVD_ROOT)")
         return Check("storage", False, f"{where}: {code}: {err}", "")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.deployments import CPU_POOL
 from tests.support.lvd_stack import LvdStack
@@ -48,6 +49,7 @@ def stack(s3_server, tmp_path_factory):
         stack.start()
         t = time.monotonic()
         bucket = f"lvd-stack-{os.getpid()}"
+        stack.declared = yaml.safe_load((REPO / "prefect.yaml").read_text())
         init = run_init(stack, f"s3://{bucket}/curated")
         assert init.returncode == 0, f"deploy/init.sh failed:\n{init.stdout[-3000:]}\n{init.stderr[-3000:]}"
         stack.timings["init_deploy_s"] = time.monotonic() - t
