@@ -1,4 +1,4 @@
-"""lvd-pipeline: curate-lvd -> train-dinov2 (-> distill-dinov2 -> evaluate-dinov2), as one flow.
+"""lvd-pipeline: curate-lvd -> train-dinov2 -> distill-dinov2 -> evaluate-dinov2, as one flow.
 
 Each stage reads the previous one's committed artifacts by URI; rerunning the pipeline skips
 committed curation stages and resumes training from its last checkpoint. When the embed stage
@@ -11,6 +11,8 @@ from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig
 from flows.curate_lvd import curate_lvd
+from flows.distill_dinov2 import DistillFlowConfig, distill_dinov2
+from flows.evaluate_dinov2 import EvaluateFlowConfig, evaluate_dinov2
 from flows.stages import prefect_task, use_storage
 from flows.train_dinov2 import TrainFlowConfig, train_dinov2
 from lvd.config import load_config
@@ -65,7 +67,23 @@ def lvd_pipeline(cfg: PipelineConfig) -> dict:
     trained = train_dinov2(TrainFlowConfig(storage=cfg.storage, run=run, train=train))
     result["train"] = {k: trained.get(k) for k in ("run_uri", "checkpoint_uri", "final", "knn")}
     result["backbone"] = prefect_task(export_teacher_backbone, name="export-backbone")(trained["run_uri"])
-    logger.info("lvd-pipeline: dataset %s, trained backbone at %s", shards_uri, result["backbone"])
+
+    distill = cfg.distill.model_copy(deep=True)
+    distill.teacher.uri = trained["run_uri"]
+    distill.data.source = shards_uri
+    distill.data.kind = "shards"
+    distilled = distill_dinov2(DistillFlowConfig(
+        storage=cfg.storage, run=f"{run}-distill-{distill.student.arch}", distill=distill))
+    result["distill"] = {k: distilled.get(k) for k in ("run_uri", "checkpoint_uri", "final", "knn")}
+
+    evaluate = cfg.evaluate.model_copy(update={"models": [trained["run_uri"], distilled["run_uri"]]})
+    evaluated = evaluate_dinov2(EvaluateFlowConfig(storage=cfg.storage, run=f"{run}-eval", evaluate=evaluate))
+    result["evaluate"] = {k: evaluated.get(k) for k in ("run_uri", "report_uri", "results_uri", "table")}
+    result["reports"] = {"evaluation report": evaluated.get("report_uri"),
+                         "evaluation results": evaluated.get("results_uri"),
+                         **{f"picture {name}": uri for name, uri in (evaluated.get("pictures") or {}).items()}}
+    logger.info("lvd-pipeline: dataset %s, backbone %s, report %s", shards_uri, result["backbone"],
+                evaluated.get("report_uri"))
     return result
 
 
