@@ -43,6 +43,10 @@ def prepare(cfg: DistillConfig):
     torch.manual_seed(cfg.seed)
     model = build_ssl(tcfg)
     check_pair(cfg, teacher, model.student["backbone"])
+    # The student always sees every patch, so its mask token never gets a gradient; frozen, it has no
+    # optimizer state that a resumed run would look for in the checkpoint.
+    for part in (model.student, model.teacher):
+        part["backbone"].mask_token.requires_grad_(False)
     return teacher, tcfg, model
 
 
