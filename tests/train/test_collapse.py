@@ -29,15 +29,19 @@ def test_cpu_tiny_preset_learns_without_collapse(tmp_path):
     ln_k = math.log(cfg.loss.dino_prototypes)
     dim = 64  # vit_pico width
 
+    # Recorded on the 2-core CI machine (seed 0): k-NN top-1 k=10/20/100/200 59.9/58.2/53.8/50.4 at
+    # init -> 64.2/63.5/61.8/61.7 after 200 steps; DINO loss 4.97 vs ln K 5.55; teacher entropy
+    # 4.43; effective rank 21.3 -> 28.0.
     # features learned: k-NN well above the randomly initialised backbone
-    assert final["knn_top1_k20"] >= init["knn_top1_k20"] + 0.05
-    assert final["knn_top1_k10"] >= init["knn_top1_k10"] + 0.04
+    assert final["knn_top1_k10"] >= init["knn_top1_k10"] + 0.03
+    assert final["knn_top1_k20"] >= init["knn_top1_k20"] + 0.04
+    assert final["knn_top1_k200"] >= init["knn_top1_k200"] + 0.07
     assert max(r["knn_top1_k20"] for r in knn.values()) - final["knn_top1_k20"] < 0.03
-    # no collapse to uniform targets: DINO loss and teacher entropy below ln K
-    assert summary["final"]["dino_loss"] < ln_k - 0.05
-    assert summary["final"]["teacher_entropy"] < ln_k - 0.05
-    # no collapse to one prototype: the batch-mean target still covers most prototypes
-    assert summary["final"]["teacher_batch_entropy"] > 0.7 * ln_k
+    # no collapse to uniform targets: DINO loss and teacher entropy clearly below ln K
+    assert summary["final"]["dino_loss"] < ln_k - 0.3
+    assert summary["final"]["teacher_entropy"] < ln_k - 0.5
+    # no collapse to one prototype: the batch-mean target still covers the prototypes
+    assert summary["final"]["teacher_batch_entropy"] > 0.9 * ln_k
     # features keep their spread
-    assert final["feature_effective_rank"] > 16
+    assert final["feature_effective_rank"] > 20
     assert final["feature_dim_std"] > 0.5 / math.sqrt(dim)
