@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 
-.PHONY: venv demo test test-fast clean-demo
+.PHONY: venv demo test test-fast clean-demo system-packages
 
 venv: $(STAMP)
 
@@ -21,13 +21,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+# Debian packages with the real images and servers the demo and tests use (as root, where apt exists).
+system-packages:
+	@if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then bash deploy/apt-packages.sh; \
+	else echo "not root or no apt-get: install the packages in deploy/apt-packages.sh yourself"; fi
+
+demo: $(STAMP) system-packages
 	$(BIN)/lvd demo
 
-test: $(STAMP)
+test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean-demo:
