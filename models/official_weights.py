@@ -116,7 +116,7 @@ def load_official_weights(model: nn.Module, source: str | os.PathLike | Mapping)
     return model
 
 
-_SHORT = {"vit_small": "s", "vit_base": "b", "vit_large": "l", "vit_giant2": "g"}
+_SHORT = {"vit_small": "s", "vit_base": "b", "vit_large": "l", "vit_huge": "h", "vit_giant2": "g"}
 
 
 def infer_vit_kwargs(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Any], str | None]:
@@ -124,8 +124,9 @@ def infer_vit_kwargs(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Any], 
     preset it matches (None if none does).
 
     Widths, depth, patch size, native grid, registers, FFN type and LayerScale come from the
-    shapes. The head count is not stored in weights: it is the matching preset's, otherwise
-    embed_dim / 64 (every DINOv2 release uses 64-wide heads). The positional-embedding resize rule
+    shapes. The head count is not stored in weights: it is the matching preset's, else that of a
+    preset of the same width (a shallow ViT-H keeps 16 heads of 80), else embed_dim / 64 (every
+    DINOv2 release uses 64-wide heads). The positional-embedding resize rule
     follows the releases: (antialias, offset 0) with registers, (no antialias, +0.1) without.
     """
     sd = official_to_project(state_dict)
@@ -163,7 +164,8 @@ def infer_vit_kwargs(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Any], 
         interpolate_offset=0.0 if registers else 0.1,
     )
     preset = next((n for n, p in PRESETS.items() if (p["embed_dim"], p["depth"]) == (dim, depth)), None)
-    kwargs["num_heads"] = PRESETS[preset]["num_heads"] if preset else max(dim // 64, 1)
+    same_width = next((p["num_heads"] for p in PRESETS.values() if p["embed_dim"] == dim), None)
+    kwargs["num_heads"] = PRESETS[preset]["num_heads"] if preset else same_width or max(dim // 64, 1)
     return kwargs, preset
 
 

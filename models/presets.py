@@ -3,7 +3,8 @@
 The four DINOv2 sizes use the official widths and depths at patch 14. Their stochastic-depth
 rates follow the official training configs where one exists (0.3 for ViT-L in the default
 config, 0.4 for ViT-g); ViT-S/B were only ever distilled there, so they get the lighter rates
-usual for small ViTs trained from scratch (0.1 / 0.2). `vit_tiny` and `vit_pico` are CPU sizes
+usual for small ViTs trained from scratch (0.1 / 0.2). `vit_huge` is the ViT-H/16 the paper
+curates with (an embedder here; its rate is ViT-L's). `vit_tiny` and `vit_pico` are CPU sizes
 for smoke runs and tests.
 """
 
@@ -19,6 +20,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vit_small": dict(embed_dim=384, depth=12, num_heads=6, drop_path_rate=0.1),
     "vit_base": dict(embed_dim=768, depth=12, num_heads=12, drop_path_rate=0.2),
     "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.3),
+    # The paper's curation embedder (ViT-H/16): 1280 wide, 16 heads of 80, patch 16, MLP 5120.
+    "vit_huge": dict(embed_dim=1280, depth=32, num_heads=16, patch_size=16, drop_path_rate=0.3),
     # 1536 wide, 24 heads of 64, SwiGLU with hidden (int(6144 * 2/3) + 7) // 8 * 8 = 4096.
     "vit_giant2": dict(embed_dim=1536, depth=40, num_heads=24, ffn_layer="swiglufused", drop_path_rate=0.4),
 }
@@ -28,6 +31,7 @@ ALIASES = {
     "vitb14": "vit_base",
     "vitl14": "vit_large",
     "vitg14": "vit_giant2",
+    "vith16": "vit_huge",
     "vit_giant": "vit_giant2",
 }
 

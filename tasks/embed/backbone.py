@@ -7,7 +7,8 @@ Sources (detected from the spec, then from the file's contents):
 * ``random:<preset>[@seed]``: a randomly initialised ViT from ``models.vit`` (seeded).
 * a TorchScript archive (``torch.jit.load``), e.g. an exported SSCD or DINOv2 model;
 * a project checkpoint ``{"model_config": {...}, "backbone": state_dict}``;
-* an official DINOv2 backbone state dict (ViT-S/B/L/g/14, with or without registers).
+* an official DINOv2 backbone state dict (ViT-S/B/L/g/14, with or without registers), or a
+  ViT-H/16 (the paper's curation embedder) in DINOv2's or timm's key names.
 
 Files may be local paths, ``file://`` or ``s3://`` URIs. The checksum is the sha256 of the file's
 bytes (of the spec, or of the seeded weights, where there is no file), so the embed commit pins
@@ -194,17 +195,20 @@ def vit_from_checkpoint(payload: dict) -> torch.nn.Module:
 
 
 _OFFICIAL_ARCH_BY_WIDTH = {384: "vits14", 768: "vitb14", 1024: "vitl14", 1536: "vitg14"}
+_WIDTHS_BUILT_FROM_SHAPES = {1280}  # ViT-H: no DINOv2 release, the paper's curation embedder
 
 
 def official_model(payload: dict) -> tuple[torch.nn.Module | None, str]:
-    """Official DINOv2 backbone state dict -> (model with those weights, e.g. ``dinov2_vitl14_reg``).
+    """DINOv2- or timm-named backbone state dict -> (model with those weights, its name).
 
     The architecture is read off the tensors: width from ``cls_token``, registers from
-    ``register_tokens``; ``models.hub`` builds the matching release. (None, "") when the dict
-    is not an official backbone state dict.
+    ``register_tokens``; ``models.hub`` builds the matching DINOv2 release (e.g.
+    ``dinov2_vitl14_reg``). Other shapes (the paper's ViT-H/16 curation embedder, timm's layout)
+    are built from the shapes alone. (None, "") when the dict is no ViT backbone state dict.
     """
     from models import hub
     from models.official_weights import OfficialWeightsError, load_official_weights, official_to_project
+    from models.timm_weights import is_timm_layout, timm_to_project
 
     try:
         state = official_to_project(payload)
@@ -212,7 +216,18 @@ def official_model(payload: dict) -> tuple[torch.nn.Module | None, str]:
         return None, ""
     if "cls_token" not in state or "patch_embed.proj.weight" not in state:
         return None, ""
+    if is_timm_layout(state):
+        from models.official_weights import vit_from_official_state_dict
+
+        # timm resizes positional embeddings with antialiasing and no offset
+        model, name = vit_from_official_state_dict(timm_to_project(state), interpolate_antialias=True,
+                                                   interpolate_offset=0.0)
+        return model, "timm:" + name.removeprefix("dinov2_")
     width = int(state["cls_token"].shape[-1])
+    if width not in _OFFICIAL_ARCH_BY_WIDTH and width in _WIDTHS_BUILT_FROM_SHAPES:
+        from models.official_weights import vit_from_official_state_dict
+
+        return vit_from_official_state_dict(state)
     arch = _OFFICIAL_ARCH_BY_WIDTH.get(width)
     if arch is None:
         raise ValueError(f"no official DINOv2 backbone is {width} wide (known: {sorted(_OFFICIAL_ARCH_BY_WIDTH)})")
