@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.runner import RunnerConfig
 from storage.config import StorageConfig
 from tasks.crawl.config import CrawlConfig
 from tasks.dedup.config import DedupConfig
@@ -41,6 +42,8 @@ class CurateConfig(BaseModel):
     embed: EmbedConfig = Field(default_factory=EmbedConfig, description="The backbone that embeds pool and queries.")
     retrieve: RetrieveConfig = Field(default_factory=RetrieveConfig, description="k-means, index and selection rules per query set.")
     shard: ShardConfig = Field(default_factory=ShardConfig, description="The curated WebDataset shards.")
+    runner: RunnerConfig = Field(default_factory=RunnerConfig,
+                                 description="Where each stage's parts run: threads here, or a Dask cluster.")
 
 
 def curate_fields() -> set[str]:

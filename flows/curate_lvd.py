@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 
 from flows.config import CurateConfig, PipelineConfig
+from flows.runner import use_task_runner
 from flows.reporting import publish_curation_report, publish_stage_summary
 from flows.stages import map_parts, prefect_task, run_stage, use_storage, write_stage_config
 from lvd.config import load_config
@@ -160,13 +161,14 @@ def curate_lvd(cfg: CurateConfig) -> dict:
         stages[name] = {"uri": uri, "counts": commit.get("counts", {})}
         return uri
 
-    pool_uri = crawl_uri = record("crawl", run_crawl(cfg))
-    if safety_enabled(cfg):
-        pool_uri = record("safety", run_safety(cfg, crawl_uri))
-    dedup_uri = record("dedup", run_dedup(cfg, pool_uri))
-    embed_uri = record("embed", run_embed(cfg, pool_uri, dedup_uri))
-    retrieve_uri = record("retrieve", run_retrieval(cfg, embed_uri))
-    record("shards", run_shards(cfg, retrieve_uri, pool_uri))
+    with use_task_runner(cfg.runner):
+        pool_uri = crawl_uri = record("crawl", run_crawl(cfg))
+        if safety_enabled(cfg):
+            pool_uri = record("safety", run_safety(cfg, crawl_uri))
+        dedup_uri = record("dedup", run_dedup(cfg, pool_uri))
+        embed_uri = record("embed", run_embed(cfg, pool_uri, dedup_uri))
+        retrieve_uri = record("retrieve", run_retrieval(cfg, embed_uri))
+        record("shards", run_shards(cfg, retrieve_uri, pool_uri))
     publish_latest(cfg.storage.root, cfg.dataset, cfg.version, list(stages))
     publish_stage_summary("curate-lvd", cfg.dataset, cfg.version, stages)
     prefect_task(publish_curation_report, name="report")(cfg.dataset, cfg.version, stages, cfg)

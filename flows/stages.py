@@ -15,6 +15,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 
+from flows.runner import active_task_runner
 from storage.commit import begin_stage, canonical_json, config_digest
 from storage import uri as storage_uri
 from storage.config import StorageConfig
@@ -48,6 +49,26 @@ def write_stage_config(stage_uri: str, config: Any) -> None:
     write_bytes_atomic(join(stage_uri, CONFIG_FILE), canonical_json(data))
 
 
+def in_callers_store(run_part: Callable[[Any], dict]) -> Callable[[Any], dict]:
+    """`run_part` that uses the caller's storage settings in whatever process runs it (a Dask worker
+    has its own, taken from its environment when it started)."""
+    storage = storage_uri.current_config()
+
+    def run(part: Any) -> dict:
+        storage_uri.configure(storage)
+        return run_part(part)
+
+    return run
+
+
+def submit_part(part_task, part: Any):
+    """On the runner `flows.runner.use_task_runner` started for this run, else on the flow's own."""
+    runner = active_task_runner()
+    if runner is None:
+        return part_task.submit(part)
+    return runner.submit(part_task, parameters={"part": part})
+
+
 def map_parts(
     stage: str,
     parts: list,
@@ -60,9 +81,10 @@ def map_parts(
     Every part runs to its end even when others fail; then all failures are raised together,
     while the finished parts stay marked done in storage for the rerun.
     """
-    part_task = prefect_task(run_part, name=f"{stage}-part", retries=part_retries, tags=[f"lvd-{stage}"])
+    part_task = prefect_task(in_callers_store(run_part), name=f"{stage}-part", retries=part_retries,
+                             tags=[f"lvd-{stage}"])
     progress = create_progress_artifact(progress=0.0, description=f"{stage}: parts finished")
-    futures = [part_task.with_options(task_run_name=f"{stage}-{part_label(p)}").submit(p) for p in parts]
+    futures = [submit_part(part_task.with_options(task_run_name=f"{stage}-{part_label(p)}"), p) for p in parts]
     index = {id(f): i for i, f in enumerate(futures)}
     summaries: list[dict | None] = [None] * len(futures)
     failures: list[str] = []
