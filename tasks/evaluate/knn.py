@@ -72,14 +72,19 @@ def knn_accuracy(
 
 @torch.no_grad()
 def extract_features(backbone: torch.nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised CLS tokens after the final norm, in eval mode, restoring the module's mode after."""
+    """L2-normalised CLS tokens after the final norm, in eval mode, restoring the module's mode after.
+
+    ``images`` may stay on the CPU: each batch moves to the backbone's device, features come back.
+    """
     was_training = backbone.training
+    device = next(backbone.parameters()).device
     backbone.eval()
     try:
         out = []
         for start in range(0, images.shape[0], batch_size):
-            feats = backbone.forward_features(images[start : start + batch_size])["x_norm_clstoken"]
-            out.append(F.normalize(feats.float(), dim=-1))
+            batch = images[start : start + batch_size].to(device, non_blocking=True)
+            feats = backbone.forward_features(batch)["x_norm_clstoken"]
+            out.append(F.normalize(feats.float(), dim=-1).cpu())
         return torch.cat(out)
     finally:
         backbone.train(was_training)

@@ -67,15 +67,11 @@ def build_knn_benchmark(cfg: TrainConfig):
 
 def run_knn(model, bench, cfg: TrainConfig, device: torch.device, dtype: torch.dtype) -> dict[str, float]:
     """k-NN of the teacher backbone (every process takes part, as FSDP needs)."""
-    from tasks.evaluate.knn import KnnBenchmark, evaluate_knn
+    from tasks.evaluate.knn import evaluate_knn
 
-    moved = KnnBenchmark(
-        bench.train_inputs.to(device), bench.train_labels.to(device),
-        bench.test_inputs.to(device), bench.test_labels.to(device), bench.num_classes,
-    )
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     with autocast:
-        return evaluate_knn(model.teacher["backbone"], moved, cfg.eval.knn_ks, cfg.eval.knn_temperature)
+        return evaluate_knn(model.teacher["backbone"], bench, cfg.eval.knn_ks, cfg.eval.knn_temperature)
 
 
 def train(
