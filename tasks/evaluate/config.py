@@ -67,7 +67,8 @@ class EvaluateConfig(_Section):
                               description="Checkpoint URIs: runs, checkpoint directories, .safetensors exports, "
                               "official .pth files.")
     baselines: list[str] = Field(default_factory=lambda: ["random:vit_small", "pixels"],
-                                 description="'random:<preset>[@seed]' (random init) and 'pixels' (raw pixels).")
+                                 description="'random:<preset>[@seed]' or 'random:<run URI>[@seed]' (that architecture at random "
+                                 "init) and 'pixels[:size]' (raw pixels).")
     datasets: list[EvalSetConfig] = Field(default_factory=lambda: [EvalSetConfig()], description="Labelled sets.")
     image_size: int = Field(224, ge=8, le=1024, description="Side of the evaluation images (resize 256/224, centre crop).")
     pixels_size: int = Field(32, ge=4, le=128, description="Side of the raw-pixel baseline's images.")

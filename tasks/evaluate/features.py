@@ -1,8 +1,9 @@
 """The models under evaluation and their frozen features, computed once per (model, split).
 
 A model is a checkpoint URI (anything ``tasks.release.load`` reads), ``random:<preset>[@seed]``
-(the same architecture at random initialisation: what training added) or ``pixels`` (raw
-pixels: the floor any learned feature must clear). For a ViT one forward pass per image keeps
+or ``random:<run URI>[@seed]`` (a preset, or exactly the architecture a run trained, at random
+initialisation: what training added) or ``pixels`` (raw pixels: the floor any learned feature
+must clear). For a ViT one forward pass per image keeps
 the CLS tokens of the last four blocks and the mean patch token of the last block (all after
 the final norm, via ``get_intermediate_layers``): k-NN reads the last CLS, the linear probes all
 four of DINOv2's input variants. Features are cached in memory and, when a cache URI is given,
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from storage import uri as su
 from tasks.datasets.tensors import uint8_to_input
 
-_RANDOM = re.compile(r"^random:([A-Za-z0-9_]+)(?:@(\d+))?$")
+_RANDOM = re.compile(r"^random:(.+?)(?:@(\d+))?$")
 _PIXELS = re.compile(r"^pixels(?::(\d+))?$")
 
 
@@ -48,16 +49,26 @@ def resolve_model(spec: str, image_size: int, pixels_size: int = 32) -> EvalMode
         return EvalModel(f"pixels:{size}", None, "pixels", f"pixels:{size}", pixels_size=size)
     m = _RANDOM.match(spec)
     if m:
-        from models.presets import build_vit
+        from models.presets import PRESETS, build_vit
 
-        seed = int(m.group(2) or 0)
+        target, seed = m.group(1), int(m.group(2) or 0)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            backbone = build_vit(m.group(1), img_size=image_size, drop_path_rate=0.0)
-        name = f"random:{m.group(1)}@{seed}"
+            if target in PRESETS:
+                backbone = build_vit(target, img_size=image_size, drop_path_rate=0.0)
+                name = f"random:{target}@{seed}"
+            else:
+                from tasks.release.load import find_checkpoint, read_run_config
+                from tasks.train.build import build_backbone
+
+                _, run_uri = find_checkpoint(target)
+                cfg = read_run_config(run_uri)
+                backbone = build_backbone(cfg.model_copy(update={"model": cfg.model.model_copy(
+                    update={"drop_path_rate": 0.0})}))
+                name = f"random:{su.basename(run_uri)}@{seed}"
         return EvalModel(name, backbone.eval(), "random", name, params=_count(backbone))
-    if spec.startswith(("random:", "pixels")):
-        raise ValueError(f"bad baseline {spec!r}: use 'random:<preset>[@seed]' or 'pixels[:size]'")
+    if spec.startswith("pixels"):
+        raise ValueError(f"bad baseline {spec!r}: use 'pixels[:size]'")
     from tasks.release.load import load_model
 
     loaded = load_model(spec)

@@ -40,12 +40,24 @@ def _device(name: str) -> torch.device:
 
 def prepare(cfg: EvaluateConfig) -> tuple[list[EvalSet], list[EvalModel]]:
     """Read and check every set, load every model: all bad input fails here, before any work."""
+    if cfg.copy_detection.enabled:
+        _require_planted_set()
     sets = [load_eval_set(d, cfg.image_size, cfg.seed) for d in cfg.datasets]
     models = [resolve_model(spec, cfg.image_size, cfg.pixels_size) for spec in [*cfg.models, *cfg.baselines]]
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ValueError(f"the same model is listed twice: {names}")
     return sets, models
+
+
+def _require_planted_set() -> None:
+    """The planted copy-detection set needs scikit-image's photos and AugLy's edits (dev extras)."""
+    try:
+        import augly  # noqa: F401
+        import skimage  # noqa: F401
+    except ImportError as err:
+        raise ValueError(f"copy_detection.enabled needs scikit-image and augly ({err}); install the dev extras "
+                         "or set copy_detection.enabled=false") from None
 
 
 def evaluate_set(model: EvalModel, data: EvalSet, cfg: EvaluateConfig, device: torch.device,
@@ -87,14 +99,34 @@ def evaluate_copy_detection(models: list[EvalModel], cfg: EvaluateConfig, device
     return rows
 
 
-def pca_pictures(models: list[EvalModel], cfg: EvaluateConfig, device: torch.device) -> dict[str, bytes]:
-    """Model name -> PNG of the patch-PCA picture (ViTs only)."""
-    from tasks.dedup.planted import source_photos
+def pca_photos(cfg: EvaluateConfig, sets: list[EvalSet]) -> list[np.ndarray]:
+    """Packaged real photos (scikit-image and friends); without them, the first test images."""
+    from PIL import Image
+
     from tasks.evaluate.datasets import eval_transform
+
+    images = []
+    try:
+        from skimage import data as skdata
+
+        from tasks.dedup.planted import SKIMAGE_PHOTOS
+
+        for name in SKIMAGE_PHOTOS[: cfg.pca.n_images]:
+            images.append(Image.fromarray(getattr(skdata, name)()).convert("RGB"))
+    except (ImportError, AttributeError, OSError):
+        images = [Image.fromarray(im) for im in sets[0].test.images[: cfg.pca.n_images]] if sets else []
+    return [eval_transform(img, cfg.pca.image_size) for img in images]
+
+
+def pca_pictures(models: list[EvalModel], cfg: EvaluateConfig, device: torch.device,
+                 sets: list[EvalSet]) -> dict[str, bytes]:
+    """Model name -> PNG of the patch-PCA picture (ViTs only)."""
     from tasks.evaluate.features import model_inputs
     from tasks.evaluate.pca import pca_picture
 
-    photos = [eval_transform(img, cfg.pca.image_size) for _, img in source_photos()[: cfg.pca.n_images]]
+    photos = pca_photos(cfg, sets)
+    if not photos:
+        return {}
     inputs = model_inputs(np.stack(photos), cfg.pca.image_size)
     out = {}
     for model in models:
@@ -127,7 +159,7 @@ def evaluate(cfg: EvaluateConfig, run_uri: str, log: Callable[[str], None] = pri
                                                             and r["dataset"] == data.name))
     if cfg.copy_detection.enabled:
         rows += evaluate_copy_detection(models, cfg, device, cache_uri, log)
-    pictures = pca_pictures(models, cfg, device) if cfg.pca.enabled else {}
+    pictures = pca_pictures(models, cfg, device, sets) if cfg.pca.enabled else {}
     picture_uris = {}
     for name, png in pictures.items():
         picture_uris[name] = su.join(run_uri, f"pca-{_slug(name)}.png")
