@@ -15,7 +15,8 @@ pytestmark = pytest.mark.usefixtures("prefect_backend")
 def _config(server, web, root, **over) -> PipelineConfig:
     from lvd.demo import demo_config
 
-    cfg = demo_config("cpu-tiny", [f"storage.root={root}"], server, web)
+    # ~60 pictures are too few to train a PCA hash: pHash for this small web.
+    cfg = demo_config("cpu-tiny", [f"storage.root={root}", "dedup.hash_method=phash"], server, web)
     return validate(PipelineConfig, {**cfg.model_dump(mode="json"), **over})
 
 
