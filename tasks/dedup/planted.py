@@ -12,7 +12,6 @@ be grouped with anything.
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import io
 import os

@@ -1,11 +1,13 @@
 """The dedup stage end to end: prepare (train the PCA hash), per-shard parts, finalize, commit.
 
 ``dedup_prepare`` -> ``dedup_shard_part`` for every crawl shard (mappable, resumable) ->
-``dedup_finalize``. Finalize streams the parts twice (add to the index, then query it) and keeps
-per-image state only: a union-find parent, labels and sizes (about 60 bytes per image), the
-packed hash codes (bits/8 bytes per image) and the faiss index (4d bytes per image flat, d with
-SQ8, d/8 with PQ); search results leave each batch as thresholded edges. At 1M images, d=128,
-flat: about 0.6 GB.
+``dedup_finalize``. Finalize streams the parts (train/add to the index, then query it) and
+keeps per-image state only: keys and sha256 strings (~200 bytes per image as Python objects),
+union-find parents, labels and scores (~50 bytes), the packed hash codes (bits/8 bytes) and the
+faiss index (4d bytes per image flat, d with SQ8, d/8 with PQ, plus 8-byte ids in IVF lists).
+Search results leave each query batch as thresholded edges and are never stored. At 1M images,
+d=128, flat: about 0.8 GB; a billion-image pool needs the IVF-PQ codec and a large-memory host
+(or a partition by hash prefix, which this module does not do).
 """
 
 from __future__ import annotations
