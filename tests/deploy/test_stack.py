@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from flows.deployments import DEPLOYMENTS, parameters_for
+from flows.deployments import DEPLOYMENTS
 from storage.commit import COMMIT_FILE, read_commit, stage_uri
 from storage.shards import read_manifest
 from storage.uri import exists, join, open_input, walk_files
@@ -45,15 +45,17 @@ def stage_outputs(root: str, dataset: str, version: str) -> dict:
 
 
 def test_deploy_registers_every_deployment(stack):
-    registered = stack.post("/deployments/filter", {})
-    assert sorted(d["name"] for d in registered) == sorted(d["name"] for d in stack.declared["deployments"])
-    for dep in DEPLOYMENTS:
-        if dep.name not in {d["name"] for d in stack.declared["deployments"]}:
-            continue  # added to the table after prefect.yaml was last rendered
-        got = stack.deployment(f"{dep.flow}/{dep.name}")
-        assert got["work_pool_name"] == dep.pool
-        assert got["parameters"] == parameters_for(dep)
-        assert [s["schedule"].get("cron") for s in got["schedules"]] == [s["cron"] for s in dep.schedules]
+    """Every deployment of prefect.yaml (kept equal to flows/deployments.py by tests/flows) is registered
+    with its pool, parameters and schedules."""
+    registered = {d["id"]: d for d in stack.post("/deployments/filter", {})}
+    declared = stack.declared["deployments"]
+    assert len(registered) == len(declared)
+    for dep in declared:
+        flow = next(d.flow for d in DEPLOYMENTS if d.entrypoint == dep["entrypoint"])
+        got = stack.deployment(f"{flow}/{dep['name']}")
+        assert got["work_pool_name"] == dep["work_pool"]["name"]
+        assert got["parameters"] == dep["parameters"]
+        assert [s["schedule"].get("cron") for s in got["schedules"]] == [s["cron"] for s in dep["schedules"]]
     # init.sh ends with `lvd doctor`: API, database, pools and the bucket were all fine
     assert "ready" in stack.init_output.splitlines()[-1], stack.init_output[-2000:]
     print("stack start-up:", {k: round(v, 1) for k, v in stack.timings.items()})
