@@ -94,3 +94,26 @@ def test_head_from_official_weight_norm_names():
     rebuilt = dino_head_from_state_dict(official)
     x = torch.randn(4, 16)
     torch.testing.assert_close(rebuilt(x), head(x))
+
+
+def test_official_training_checkpoint_brings_its_heads(tmp_path):
+    """An official DINOv2 training checkpoint ({"teacher": {"backbone.*", "dino_head.*"}}, old weight_norm names)."""
+    from models.official_weights import project_to_official
+    from models.presets import build_vit
+
+    torch.manual_seed(0)
+    backbone = build_vit("vit_pico", drop_path_rate=0.0).eval()
+    head = DINOHead(64, 32, hidden_dim=24, bottleneck_dim=8).eval()
+    teacher = {f"backbone.{k}": v for k, v in project_to_official(backbone, block_chunks=2).items()}
+    for k, v in head.state_dict().items():
+        k = k.replace("parametrizations.weight.original0", "weight_g").replace("parametrizations.weight.original1", "weight_v")
+        teacher[f"dino_head.{k}"] = v
+    torch.save({"teacher": teacher}, tmp_path / "training_checkpoint.pth")
+    loaded = load_model(str(tmp_path / "training_checkpoint.pth"))
+    x = torch.randn(2, 3, 224, 224)  # the native grid (official files follow the releases' resize rule)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.backbone.forward_features(x)["x_norm_patchtokens"],
+                                   backbone.forward_features(x)["x_norm_patchtokens"])
+        f = torch.randn(3, 64)
+        torch.testing.assert_close(loaded.heads["dino_head"](f), head(f))
+    assert list(loaded.heads) == ["dino_head"]
