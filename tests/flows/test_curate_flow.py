@@ -56,7 +56,7 @@ def test_interrupted_crawl_reuses_finished_parts(demo_web_dir, tmp_path):
         assert full["counts"]["parts"] >= 3
         remove(join(crawl_uri, "_COMMITTED.json"))
         remove(join(crawl_uri, "_parts", "000001.json"))
-        for later in ("dedup", "embed", "retrieve", "shards"):
+        for later in ("safety", "dedup", "embed", "retrieve", "shards"):
             remove(stage_uri(root, cfg.dataset, cfg.version, later), recursive=True)
         server.reset_stats()
         curate_lvd(cfg)
