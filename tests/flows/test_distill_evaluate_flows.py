@@ -31,3 +31,23 @@ def test_distill_then_evaluate_flows_publish_artifacts(prefect_backend, tmp_path
     assert "fashion-mnist/linear_top1" in str(Artifact.get("evaluate-eval-table").data)
     assert "| student@step-2 |" in Artifact.get("evaluate-eval-report").data
     assert "data:image/png;base64," in Artifact.get("evaluate-eval-pca-student-step-2").data
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_lvd_evaluate_and_distill_commands_read_the_preset(prefect_backend, tmp_path, capsys):
+    import json
+
+    from lvd.cli import main
+
+    root = f"file://{tmp_path}"
+    assert main(["evaluate", "--config", "cpu-tiny", f"storage.root={root}", "evaluate.baselines=[pixels]",
+                 "evaluate.datasets=[{name: fm, train: fashion-mnist, test: 'fashion-mnist:test', train_size: 60, "
+                 "test_size: 20}]", "evaluate.copy_detection.enabled=false", "evaluate.pca.enabled=false",
+                 "evaluate.linear.epochs=1"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [r["model"] for r in summary["table"]] == ["pixels:28"]
+    assert (tmp_path / "runs" / "lvd-demo-eval" / "report.md").exists()
+    # distilling before the preset's train run exists names the missing teacher
+    with pytest.raises(FileNotFoundError, match="runs/lvd-demo-vit_pico: no complete checkpoint"):
+        main(["distill", "--config", "cpu-tiny", f"storage.root={root}"])
