@@ -51,8 +51,15 @@ def page():
 
 
 def shot(page, name: str, full: bool = False) -> None:
+    """A screenshot at half size (small enough to commit)."""
+    import io
+
+    from PIL import Image
+
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / name), full_page=full)
+    img = Image.open(io.BytesIO(page.screenshot(full_page=full))).convert("RGB")
+    img.thumbnail((img.width // 2, img.height // 2))
+    img.quantize(colors=128).save(SHOTS / name, optimize=True)
 
 
 def field_box(page, label: str):
