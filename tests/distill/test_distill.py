@@ -92,3 +92,27 @@ def test_bad_pairs_are_refused_before_work_starts(tiny_teacher, tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     with pytest.raises(ValueError, match="without stochastic depth"):
         distill_config(tiny_teacher, student=dict(drop_path_rate=0.1))
+
+
+def test_masked_positions_shared_head_and_softmax_centering(tmp_path):
+    """A teacher whose DINO head also serves iBOT; iBOT only at sampled positions; softmax centering."""
+    teacher = write_run(tmp_path / "shared", tiny_config(model=dict(arch="vit_tiny", drop_path_rate=0.0)))
+    cfg = distill_config(teacher, loss=dict(ibot_patches="masked", centering="softmax", mask_probability=1.0),
+                         optim=dict(total_steps=3))
+    summary = distill(cfg, f"file://{tmp_path}/s", log=lambda m: None)
+    rows = pq.read_table(tmp_path / "s" / "metrics.parquet").to_pylist()
+    assert all(math.isfinite(r["ibot_loss"]) and r["ibot_loss"] > 0 for r in rows)
+    _, heads = lvd.load(f"file://{tmp_path}/s", heads=True)
+    assert list(heads) == ["dino_head"] and summary["steps"] == 3
+
+
+def test_a_killed_distillation_resumes_step_for_step(tiny_teacher, tmp_path):
+    cfg = distill_config(tiny_teacher, optim=dict(total_steps=6), checkpoint=dict(every_steps=3))
+    distill(cfg, f"file://{tmp_path}/full", log=lambda m: None)
+    assert distill(cfg, f"file://{tmp_path}/killed", stop_at_step=4, log=lambda m: None)["stopped_at"] == 4
+    distill(cfg, f"file://{tmp_path}/killed", log=lambda m: None)
+    full = pq.read_table(tmp_path / "full" / "metrics.parquet").to_pylist()
+    resumed = pq.read_table(tmp_path / "killed" / "metrics.parquet").to_pylist()
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(full, resumed):
+        assert a["total_loss"] == b["total_loss"], a["step"]
