@@ -413,9 +413,12 @@ def _make_app(root: Path):
                 resp = web.StreamResponse(headers=headers)
                 resp.enable_chunked_encoding()
                 await resp.prepare(request)
-                for i in range(0, len(data), 1 << 16):
-                    await resp.write(data[i : i + (1 << 16)])
-                await resp.write_eof()
+                try:
+                    for i in range(0, len(data), 1 << 16):
+                        await resp.write(data[i : i + (1 << 16)])
+                    await resp.write_eof()
+                except ConnectionResetError:
+                    pass  # the crawler hung up past its body limit, as it should
                 return resp
             return web.Response(body=data, headers=headers)
         finally:
