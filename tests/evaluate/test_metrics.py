@@ -1,10 +1,8 @@
-import io
 import math
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from tasks.evaluate.copy_detection import copy_detection_metrics, micro_average_precision, recall_at_precision
 from tasks.evaluate.linear import feature_variants, linear_probe, train_probe_grids
