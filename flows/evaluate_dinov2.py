@@ -71,7 +71,8 @@ def evaluate_dinov2(cfg: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
 
 def run_from_cli(config: str, overrides: list[str]) -> dict:
     """``lvd evaluate --config PRESET [evaluate.models=[URI,...]]``; with no models listed, the train and
-    distill runs of the same preset that exist are evaluated."""
+    distill runs of the same preset that exist are evaluated, next to the train run's architecture at
+    random init."""
     from flows.config import PipelineConfig
     from lvd.config import load_config
     from storage.uri import exists, join
@@ -83,5 +84,7 @@ def run_from_cli(config: str, overrides: list[str]) -> dict:
         runs = [join(cfg.storage.root, "runs", f"{cfg.dataset}-{cfg.train.model.arch}"),
                 join(cfg.storage.root, "runs", f"{cfg.dataset}-distill-{cfg.distill.student.arch}")]
         found = [r for r in runs if exists(join(r, "config.json"))]
-        ecfg = ecfg.model_copy(update={"models": found})
+        # the trained architecture at random init shows what training added (a preset may differ, e.g. LayerScale)
+        baselines = ecfg.baselines + ([f"random:{found[0]}"] if found else [])
+        ecfg = ecfg.model_copy(update={"models": found, "baselines": baselines})
     return evaluate_dinov2(EvaluateFlowConfig(storage=cfg.storage, run=f"{cfg.dataset}-eval", evaluate=ecfg))
