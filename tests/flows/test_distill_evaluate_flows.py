@@ -35,19 +35,23 @@ def test_distill_then_evaluate_flows_publish_artifacts(prefect_backend, tmp_path
 
 @needs_fashion_mnist
 @pytest.mark.slow
-def test_lvd_evaluate_and_distill_commands_read_the_preset(prefect_backend, tmp_path, capsys):
+def test_lvd_evaluate_and_distill_commands_read_the_preset(prefect_backend, tmp_path):
     import json
 
     from lvd.cli import main
+    from tests.distill.test_distill import write_run
+    from tests.train.conftest import tiny_config
 
     root = f"file://{tmp_path}"
+    # distilling before the preset's train run exists names the missing teacher
+    with pytest.raises(FileNotFoundError, match="runs/lvd-demo-vit_pico: no complete checkpoint"):
+        main(["distill", "--config", "cpu-tiny", f"storage.root={root}"])
+    (tmp_path / "runs").mkdir()
+    write_run(tmp_path / "runs" / "lvd-demo-vit_pico", tiny_config())
     assert main(["evaluate", "--config", "cpu-tiny", f"storage.root={root}", "evaluate.baselines=[pixels]",
                  "evaluate.datasets=[{name: fm, train: fashion-mnist, test: 'fashion-mnist:test', train_size: 60, "
                  "test_size: 20}]", "evaluate.copy_detection.enabled=false", "evaluate.pca.enabled=false",
                  "evaluate.linear.epochs=1"]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert [r["model"] for r in summary["table"]] == ["pixels:28"]
-    assert (tmp_path / "runs" / "lvd-demo-eval" / "report.md").exists()
-    # distilling before the preset's train run exists names the missing teacher
-    with pytest.raises(FileNotFoundError, match="runs/lvd-demo-vit_pico: no complete checkpoint"):
-        main(["distill", "--config", "cpu-tiny", f"storage.root={root}"])
+    report = (tmp_path / "runs" / "lvd-demo-eval" / "summary.json").read_text()
+    names = [r["model"] for r in json.loads(report)["table"]]
+    assert names == ["lvd-demo-vit_pico@step-1", "pixels:28", "random:lvd-demo-vit_pico@0"]
