@@ -148,8 +148,10 @@ def distill(cfg: DistillConfig, run_uri: str, *, stop_at_step: int | None = None
             metrics.flush()
         if stop_at_step is not None and step >= stop_at_step and step < total:
             metrics.flush()
+            loader.close()
             return {"stopped_at": step, "checkpoint_uri": last_ckpt}
 
+    loader.close()
     metrics.flush()
     rows = [r for r in metrics.rows if r.get("total_loss") is not None]
     tail = rows[-max(1, len(rows) // 5):]

@@ -374,6 +374,15 @@ class ResumableLoader:
         self.consumed += 1
         return batch
 
+    def close(self) -> None:
+        """Stop the worker processes now, rather than when the iterator is garbage-collected
+        (where a worker still mid-shard dies noisily)."""
+        if self._iter is not None:
+            shutdown = getattr(self._iter, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+            self._iter = None
+
     def state_dict(self) -> dict:
         return {
             "layout": dict(self.layout),

@@ -241,8 +241,10 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
         if stop_at_step is not None and step >= stop_at_step and step < total:
             if info.is_main:
                 metrics.flush()
+            loader.close()
             return {"stopped_at": step, "checkpoint_uri": last_ckpt}
 
+    loader.close()
     summary = _summary(cfg, run_uri, metrics, knn_results, last_ckpt, info)
     if info.is_main:
         metrics.flush()
