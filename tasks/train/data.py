@@ -379,9 +379,12 @@ class ResumableLoader:
         (where a worker still mid-shard dies noisily)."""
         if self._iter is not None:
             shutdown = getattr(self._iter, "_shutdown_workers", None)
-            if shutdown is not None:
-                shutdown()
             self._iter = None
+            if shutdown is not None:
+                try:
+                    shutdown()
+                except RuntimeError:
+                    pass  # a worker stopped mid-prefetch at the end of a run: nothing it held is needed
 
     def state_dict(self) -> dict:
         return {

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from flows.deployments import CPU_POOL
+from flows.deployments import CPU_POOL, GPU_POOL
 from storage.commit import read_commit, stage_uri
 from storage.shards import read_manifest
 from tasks.crawl.demo_web import DemoWeb, build_demo_web, serve_demo_web
@@ -30,7 +30,8 @@ def test_deployment_run_commits_to_s3(tmp_path, s3_server, s3_root):
     web = build_demo_web(web_dir, n_images=30, seed=2)
     with prefect_server(tmp_path / "prefect-home", tmp_path / "server.log") as (api_url, env):
         env.update(s3_server.env())
-        prefect_cli(env, "work-pool", "create", CPU_POOL, "--type", "process")
+        for pool in (CPU_POOL, GPU_POOL):
+            prefect_cli(env, "work-pool", "create", pool, "--type", "process")
         out = prefect_cli(env, "deploy", "--all")
         assert "curate-lvd/cpu-tiny" in out and "curate-lvd/lvd-142m" in out
         with serve_demo_web(web_dir) as server, process_worker(env, CPU_POOL, tmp_path / "worker.log"):
