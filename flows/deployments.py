@@ -13,6 +13,7 @@ import yaml
 
 from flows.config import PipelineConfig
 from lvd.config import load_config
+from storage.uri import join
 
 CPU_POOL = "lvd-cpu"
 GPU_POOL = "lvd-gpu"
@@ -43,9 +44,19 @@ DEPLOYMENTS = [
                description="Pretrain the tiny preset on Fashion-MNIST on CPU (k-NN climbs within minutes)."),
     Deployment("train-dinov2", "vitl14", "flows/train_dinov2.py:train_dinov2", "vitl14", pool=GPU_POOL,
                section="train", description="Pretrain ViT-L/14 with the official recipe on GPUs (torchrun + FSDP)."),
+    Deployment("distill-dinov2", "cpu-tiny", "flows/distill_dinov2.py:distill_dinov2", "cpu-tiny",
+               section="distill", description="Distill the train-dinov2/cpu-tiny run into a student on CPU."),
+    Deployment("evaluate-dinov2", "cpu-tiny", "flows/evaluate_dinov2.py:evaluate_dinov2", "cpu-tiny",
+               section="evaluate", description="k-NN, linear probes, copy detection and PCA pictures of the "
+               "cpu-tiny train and distill runs."),
     Deployment("lvd-pipeline", "cpu-tiny", "flows/pipeline.py:lvd_pipeline", "cpu-tiny", section="pipeline",
                description="The whole DAG on the cpu-tiny preset: curate, train, export the backbone."),
 ]
+
+
+def teacher_run(cfg: PipelineConfig) -> str:
+    """The run name train-dinov2 deployments write, which distill and evaluate read."""
+    return f"{cfg.dataset}-{cfg.train.model.arch}"
 
 
 def parameters_for(dep: Deployment) -> dict:
@@ -55,7 +66,21 @@ def parameters_for(dep: Deployment) -> dict:
     elif dep.section == "train":
         from flows.train_dinov2 import TrainFlowConfig
 
-        part = TrainFlowConfig(storage=cfg.storage, run=f"{cfg.dataset}-{cfg.train.model.arch}", train=cfg.train)
+        part = TrainFlowConfig(storage=cfg.storage, run=teacher_run(cfg), train=cfg.train)
+    elif dep.section == "distill":
+        from flows.distill_dinov2 import DistillFlowConfig
+
+        distill = cfg.distill.model_copy(deep=True)
+        distill.teacher.uri = distill.teacher.uri or join(cfg.storage.root, "runs", teacher_run(cfg))
+        part = DistillFlowConfig(storage=cfg.storage, run=f"{cfg.dataset}-distill-{distill.student.arch}",
+                                 distill=distill)
+    elif dep.section == "evaluate":
+        from flows.evaluate_dinov2 import EvaluateFlowConfig
+
+        runs = [join(cfg.storage.root, "runs", teacher_run(cfg)),
+                join(cfg.storage.root, "runs", f"{cfg.dataset}-distill-{cfg.distill.student.arch}")]
+        evaluate = cfg.evaluate.model_copy(update={"models": cfg.evaluate.models or runs})
+        part = EvaluateFlowConfig(storage=cfg.storage, run=f"{cfg.dataset}-eval", evaluate=evaluate)
     else:
         part = getattr(cfg, dep.section)()
     return {"cfg": part.model_dump(mode="json", exclude_defaults=True)}
