@@ -14,6 +14,8 @@ mask randomness is seeded from the position, the exact crops and masks).
 
 from __future__ import annotations
 
+import abc
+
 import io
 import json
 from collections.abc import Callable, Iterator, Sequence
@@ -34,20 +36,22 @@ _CHUNK = 1000  # samples per virtual shard of in-memory and folder sources
 # ---- sources --------------------------------------------------------------------------------
 
 
-class Source:
+class Source(abc.ABC):
     """A list of shards, each readable as a list of ``(key, PIL image)`` in file order."""
 
     name: str = "source"
 
+    @abc.abstractmethod
     def shard_sizes(self) -> list[int]:
-        raise NotImplementedError
+        """Samples per shard, in shard order."""
 
+    @abc.abstractmethod
     def read_shard(self, index: int) -> list[tuple[str, Any]]:
         """Raw samples (not yet decoded) of shard ``index``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def decode(self, raw: Any) -> Image.Image:
-        raise NotImplementedError
+        """One raw sample as an RGB picture."""
 
     def __len__(self) -> int:
         return sum(self.shard_sizes())
