@@ -30,6 +30,7 @@ from tasks.crawl.imaging import ImageParams, Refused
 from tasks.crawl.records import RECORDS_SCHEMA, record
 from tasks.crawl.scheduler import run_per_host
 from tasks.crawl.sources import Page, expand_inputs, iter_warc_pages, read_html_page, read_url_lines
+from tasks.crawl.spool import SampleSpool
 from tasks.crawl.urls import InvalidURL, normalise_url, origin, resolve_url
 
 RECORDS_FILE = "records.parquet"
@@ -140,12 +141,19 @@ def _run_coroutine(coro):
 
 
 class _PartRun:
-    """State of one part while it runs: records, candidates, the sink."""
+    """State of one part while it runs: records, candidates, the spooled pictures.
 
-    def __init__(self, part: CrawlPart, stage_uri: str, cfg: CrawlConfig) -> None:
+    Pages and image references are taken in plan order; downloads finish in any order, so their
+    records wait in `outcomes` and their pictures in the spool until :meth:`write_shards` stores
+    both by key, which makes a part's shards and records the same whatever the timing.
+    """
+
+    def __init__(self, part: CrawlPart, stage_uri: str, cfg: CrawlConfig, spool: SampleSpool) -> None:
         self.part, self.stage_uri, self.cfg = part, stage_uri, cfg
         self.policy = UrlPolicy(cfg)
         self.rows: list[dict] = []
+        self.outcomes: dict[str, dict] = {}  # candidate key -> its record, until write_shards
+        self.spool = spool
         self.seen_images: set[str] = set()
         self.seen_pages: set[str] = set()
         self.candidates: list[tuple[str, str, str]] = []  # (url, page, key)
@@ -220,8 +228,8 @@ class _PartRun:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must cost one record, not the part
-                self.rows.append(record(self.part.index, "image", url, page, reasons.STATUS_FAILED,
-                                        reasons.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300]))
+                self.outcomes[key] = record(self.part.index, "image", url, page, reasons.STATUS_FAILED,
+                                            reasons.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
 
         workers = self.cfg.max_concurrency + 2 * pool.workers
         await run_per_host(self.candidates, lambda c: origin(c[0]), self.cfg.max_per_host, workers, work)
@@ -231,14 +239,14 @@ class _PartRun:
                       final_url=f.final_url)
         self.bytes_in += len(f.body)
         if not f.ok:
-            self.rows.append(record(self.part.index, "image", url, page, f.status, f.reason, f.detail, **common))
+            self.outcomes[key] = record(self.part.index, "image", url, page, f.status, f.reason, f.detail, **common)
             return
         out = await pool.run(f.body, self.params)
         if isinstance(out, Refused):
             crashed = out.reason in (reasons.WORKER_CRASHED, reasons.DECODE_TIMEOUT)
             status = reasons.STATUS_FAILED if crashed else reasons.STATUS_REJECTED
-            self.rows.append(record(self.part.index, "image", url, page, status, out.reason, out.detail,
-                                    sha256=out.sha256 or None, **common))
+            self.outcomes[key] = record(self.part.index, "image", url, page, status, out.reason, out.detail,
+                                        sha256=out.sha256 or None, **common)
             return
         meta = {
             "url": url, "page": page, "final_url": f.final_url, "sha256": out.sha256, "mime": out.mime,
@@ -246,10 +254,18 @@ class _PartRun:
             "original_bytes": out.orig_bytes, "width": out.width, "height": out.height, "bytes": len(out.jpeg),
             "key": key,
         }
-        shard = self.sink.add(key, out.jpeg, meta)
+        self.spool.add(key, out.jpeg, meta)
         self.bytes_out += len(out.jpeg)
-        self.rows.append(record(self.part.index, "image", url, page, reasons.STATUS_OK, sha256=out.sha256,
-                                shard=shard, key=key, **common))
+        self.outcomes[key] = record(self.part.index, "image", url, page, reasons.STATUS_OK, sha256=out.sha256,
+                                    key=key, **common)
+
+    def write_shards(self) -> list[ShardInfo]:
+        """Store the spooled pictures in key order, then the download records in key order."""
+        for key, jpg, meta in self.spool.in_key_order():
+            self.outcomes[key]["shard"] = self.sink.add(key, jpg, meta)
+        self.rows.extend(self.outcomes[key] for key in sorted(self.outcomes))
+        self.outcomes.clear()
+        return self.sink.close()
 
     async def fetch_pages(self, fetcher: Fetcher, lines: list[str], source: str) -> None:
         urls: list[str] = []
@@ -326,13 +342,14 @@ def crawl_part(part: CrawlPart, stage_uri: str, cfg: CrawlConfig) -> dict:
         if stale.rsplit("/", 1)[-1].startswith(f"pool-{part.name}-"):
             remove(stale)
     started = time.monotonic()
-    run = _PartRun(part, stage_uri, cfg)
-    try:
-        _run_coroutine(_crawl(run))
-        shards = run.sink.close()
-    except BaseException:
-        run.sink.abort()
-        raise
+    with SampleSpool() as spool:
+        run = _PartRun(part, stage_uri, cfg, spool)
+        try:
+            _run_coroutine(_crawl(run))
+            shards = run.write_shards()
+        except BaseException:
+            run.sink.abort()
+            raise
     records_uri = part_records_uri(stage_uri, part)
     write_table(records_uri, run.rows, RECORDS_SCHEMA)
     images = [r for r in run.rows if r["kind"] == "image"]
