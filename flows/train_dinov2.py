@@ -17,7 +17,7 @@ from flows.reporting import _artifact_key
 from flows.stages import prefect_task, use_storage
 from storage.config import StorageConfig
 from tasks.train.config import TrainConfig
-from tasks.train.report import knn_curve, knn_markdown, line_chart_png
+from tasks.train.report import knn_curve, knn_markdown, line_chart_png, phases_markdown
 from tasks.train.run import run_training
 
 
@@ -43,6 +43,8 @@ def publish_training_artifacts(summary: dict, run: str) -> None:
     if curve:
         png = line_chart_png([(s, 100 * v) for s, v in curve], title="k-NN top-1 (k=20), %")
         md.append(f"![k-NN curve](data:image/png;base64,{base64.b64encode(png).decode()})")
+    if summary.get("phases"):
+        md += ["", "## Phases", "", phases_markdown(summary)]
     md.append(f"\nCheckpoint: `{summary.get('checkpoint_uri')}`  \nMetrics: `{summary.get('metrics_uri')}`")
     create_markdown_artifact(key=_artifact_key(f"train-{run}-knn"), markdown="\n".join(md),
                              description=f"train-dinov2 {run}: k-NN curve and checkpoint")

@@ -10,6 +10,7 @@ from models.heads import DINOHead
 from models.presets import build_vit
 from models.ssl import SSLLossWeights, SSLMetaArch
 from tasks.train.config import TrainConfig
+from tasks.train.phases import Phase
 
 
 def build_backbone(cfg: TrainConfig, for_student: bool = True) -> torch.nn.Module:
@@ -53,11 +54,12 @@ def build_ssl(cfg: TrainConfig) -> SSLMetaArch:
     )
 
 
-def build_augmentation(cfg: TrainConfig) -> MultiCropAugmentation:
+def build_augmentation(cfg: TrainConfig, phase: Phase | None = None) -> MultiCropAugmentation:
+    """The multi-crop augmentation at the crop sizes of ``phase`` (default: the base sizes)."""
     c = cfg.crops
     return MultiCropAugmentation(
-        global_crops_size=c.global_crops_size,
-        local_crops_size=c.local_crops_size,
+        global_crops_size=phase.global_crops_size if phase is not None else c.global_crops_size,
+        local_crops_size=phase.local_crops_size if phase is not None else c.local_crops_size,
         n_local_crops=c.local_crops_number,
         global_crops_scale=tuple(c.global_crops_scale),
         local_crops_scale=tuple(c.local_crops_scale),

@@ -120,10 +120,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     extra: dict[str, Any],
     keep: int = 2,
+    meta: dict[str, Any] | None = None,
 ) -> CheckpointRef:
     """Write checkpoint ``step`` (collective: every rank calls it) and prune to the newest ``keep``.
 
-    ``extra`` is this rank's own state (data position, RNG); it is pickled per rank.
+    ``extra`` is this rank's own state (data position, RNG); it is pickled per rank. ``meta`` is
+    plain JSON about the whole run (e.g. its training phase), stored in the marker, so it is
+    readable whatever the number of processes that load the checkpoint.
     """
     rank, world = _rank_world()
     base = checkpoints_uri(run_uri)
@@ -146,7 +149,7 @@ def save_checkpoint(
     torch.save(extra, os.path.join(stage, f"extra-rank{rank}.pt"))
     _barrier()
 
-    marker = {"step": step, "world_size": world, "format": "torch.distributed.checkpoint"}
+    marker = {**(meta or {}), "step": step, "world_size": world, "format": "torch.distributed.checkpoint"}
     if local:
         if rank == 0:
             _, final_path = su.open_fs(final_uri)
@@ -175,6 +178,11 @@ def save_checkpoint(
             su.remove(old.uri, recursive=True)
     _barrier()
     return CheckpointRef(final_uri, step)
+
+
+def read_marker(ref: CheckpointRef) -> dict[str, Any]:
+    """The checkpoint's ``_COMPLETE.json``: step, world size, files and the ``meta`` it was saved with."""
+    return json.loads(su.read_bytes(su.join(ref.uri, MARKER)))
 
 
 def _local_copy(ref: CheckpointRef) -> tuple[str, bool]:

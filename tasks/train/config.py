@@ -166,6 +166,35 @@ class DataConfig(_Section):
     shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="Samples held for shuffling within shards.")
 
 
+class HighResConfig(_Section):
+    """High-resolution adaptation: the last steps of the run see larger crops (DINOv2 paper: 518 px).
+
+    The model keeps its positional-embedding table at the base grid and interpolates it to the
+    larger one; schedules keep running over the same global step count.
+    """
+
+    enabled: bool = Field(False, description="Run the last part of the training at the larger crop sizes.")
+    fraction: float = Field(
+        0.016, gt=0, lt=1, description="Share of optim.total_steps run at high resolution (0.016: 10k of 625k)."
+    )
+    steps: int | None = Field(
+        None, ge=1, description="Steps of the phase, counted back from the end of the run (overrides fraction)."
+    )
+    global_crops_size: int = Field(518, ge=8, le=2048, description="Side of the global crops in the phase (px).")
+    local_crops_size: int | None = Field(
+        None, ge=4, le=1024, description="Side of the local crops in the phase (px; None: crops.local_crops_size)."
+    )
+    batch_size_per_rank: int | None = Field(
+        None, ge=2, le=4096, description="Images per process per step in the phase (None: optim.batch_size_per_rank)."
+    )
+
+    def num_steps(self, total_steps: int) -> int:
+        """Steps run at high resolution (0 when disabled)."""
+        if not self.enabled:
+            return 0
+        return self.steps if self.steps is not None else int(round(self.fraction * total_steps))
+
+
 class TrainConfig(_Section):
     """One pretraining run: model, crops, recipe, optimisation, precision, cadences, data."""
 
@@ -176,6 +205,9 @@ class TrainConfig(_Section):
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoint cadence.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="k-NN evaluation.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training data source.")
+    high_res: HighResConfig = Field(
+        default_factory=HighResConfig, description="High-resolution adaptation at the end of the run."
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="Compute precision: 'auto' is bf16 autocast on GPU and fp32 on CPU."
     )
@@ -186,6 +218,42 @@ class TrainConfig(_Section):
         0, ge=0, le=256, description="torch intra-op threads per process on CPU (0: torch's default)."
     )
     log_every_steps: int = Field(1, ge=1, description="Metrics rows are written every this many steps.")
+
+    @model_validator(mode="after")
+    def _sizes_fit_the_patches(self) -> "TrainConfig":
+        p = self.model.patch_size
+        sizes = {"crops.global_crops_size": self.crops.global_crops_size}
+        if self.crops.local_crops_number:
+            sizes["crops.local_crops_size"] = self.crops.local_crops_size
+        if self.high_res.enabled:
+            sizes["high_res.global_crops_size"] = self.high_res.global_crops_size
+            if self.crops.local_crops_number and self.high_res.local_crops_size is not None:
+                sizes["high_res.local_crops_size"] = self.high_res.local_crops_size
+        for key, size in sizes.items():
+            if size % p:
+                raise ValueError(f"{key} ({size}) must be a multiple of model.patch_size ({p})")
+        return self
+
+    @model_validator(mode="after")
+    def _high_res_phase_fits_the_run(self) -> "TrainConfig":
+        hr, total = self.high_res, self.optim.total_steps
+        if not hr.enabled:
+            return self
+        if hr.global_crops_size <= self.crops.global_crops_size:
+            raise ValueError(
+                f"high_res.global_crops_size ({hr.global_crops_size}) must be larger than "
+                f"crops.global_crops_size ({self.crops.global_crops_size})"
+            )
+        n = hr.num_steps(total)
+        key = "high_res.steps" if hr.steps is not None else "high_res.fraction"
+        if n < 1:
+            raise ValueError(f"{key} gives {n} high-resolution steps of optim.total_steps={total}; need at least 1")
+        if n >= total:
+            raise ValueError(
+                f"{key} gives {n} high-resolution steps, but the phase must be shorter than the run "
+                f"(optim.total_steps={total})"
+            )
+        return self
 
     def global_batch(self, world_size: int) -> int:
         return self.optim.batch_size_per_rank * world_size

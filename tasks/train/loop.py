@@ -5,7 +5,10 @@ teacher EMA momentum cosine, teacher temperature warmup, frozen prototypes at fi
 written into the AdamW parameter groups (layer-wise decay, patch-embed multiplier); the
 student's loss is backpropagated, gradients are clipped per module, the optimiser steps and
 the teacher follows by EMA. A non-finite loss on any process stops the run before the
-optimiser step, so the newest checkpoint on disk is always a good one.
+optimiser step, so the newest checkpoint on disk is always a good one. With ``high_res`` on, the
+last steps run at larger crops (:mod:`tasks.train.phases`): the data stream continues where it
+stands with the new augmentation and batch size, the model interpolates its positional
+embeddings, and the schedules go on over the same step count.
 
 The run directory holds ``checkpoints/step-*`` (see :mod:`tasks.train.checkpoint`),
 ``metrics.parquet`` and ``summary.json``. Calling :func:`train` again on the same run URI
@@ -26,11 +29,19 @@ import torch
 from models.schedules import apply_step, build_param_groups, build_schedules
 from storage import uri as su
 from tasks.train.build import build_augmentation, build_collate, build_ssl
-from tasks.train.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from tasks.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_marker,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from tasks.train.config import TrainConfig
 from tasks.train.data import ResumableLoader, open_source
 from tasks.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shard_ssl_model, shutdown
 from tasks.train.metrics import MetricsLog, peak_memory_mb
+from tasks.train.phases import Phase, check_resumed_phase, phase_at, plan_phases
 
 BatchHook = Callable[[int, dict], None]
 
@@ -129,9 +140,12 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
     )
 
     metrics = MetricsLog(su.join(run_uri, "metrics.parquet"))
+    phases = plan_phases(cfg)
     step, data_state = 0, None
     ref = latest_checkpoint(run_uri)
     if ref is not None:
+        # The phase of the last step done; the loop moves on to the next phase itself.
+        check_resumed_phase(read_marker(ref).get("phase"), phase_at(phases, max(ref.step - 1, 0)), ref.uri)
         extra = load_checkpoint(ref, model, optimizer)
         step = ref.step
         if extra is not None:
@@ -143,12 +157,15 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
             metrics.resume(step)
         log(f"resumed from {ref.uri} at step {step}")
 
+    phase = phase_at(phases, max(step - 1, 0))
+    if info.is_main and len(phases) > 1:
+        log("phases: " + "; ".join(p.describe() for p in phases))
     source = open_source(cfg.data.source, cfg.data.kind)
     loader = ResumableLoader(
         source,
-        build_augmentation(cfg),
+        build_augmentation(cfg, phase),
         build_collate(cfg),
-        cfg.optim.batch_size_per_rank,
+        phase.batch_size_per_rank,
         cfg.seed,
         info.rank,
         info.world_size,
@@ -169,13 +186,17 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
         return res
 
     if step == 0 and bench is not None:
-        metrics.append({"step": 0, **evaluate(0)})
+        metrics.append({"step": 0, "phase": phase.name, **evaluate(0)})
 
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     students = list(model.student.items())
     last_ckpt = ref.uri if ref is not None else None
-    global_batch = cfg.global_batch(info.world_size)
     while step < total:
+        if phase_at(phases, step) != phase:
+            phase = phase_at(phases, step)
+            loader = loader.resized(build_augmentation(cfg, phase), build_collate(cfg), phase.batch_size_per_rank)
+            if info.is_main:
+                log(f"step {step + 1}/{total}: high-resolution adaptation starts, {phase.describe()}")
         sched = schedules.at(step)
         apply_step(optimizer, sched["lr"], sched["weight_decay"], sched["last_layer_lr"])
         t0 = time.perf_counter()
@@ -212,11 +233,11 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
         step += 1
         elapsed = time.perf_counter() - t0
 
-        row = {"step": step, **reduced, **sched, **norms}
+        row = {"step": step, "phase": phase.name, **reduced, **sched, **norms}
         row.update(
             step_time_s=elapsed,
             data_time_s=t_data,
-            images_per_s=global_batch / elapsed,
+            images_per_s=phase.batch_size_per_rank * info.world_size / elapsed,
             memory_mb=peak_memory_mb(device),
         )
         eval_now = bench is not None and (
@@ -235,7 +256,9 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
 
         if step % cfg.checkpoint.every_steps == 0 or step == total:
             extra = {"step": step, "data": loader.state_dict(), "rng": rng_state()}
-            last_ckpt = save_checkpoint(run_uri, step, model, optimizer, extra, keep=cfg.checkpoint.keep).uri
+            last_ckpt = save_checkpoint(
+                run_uri, step, model, optimizer, extra, keep=cfg.checkpoint.keep, meta={"phase": phase.as_dict()}
+            ).uri
             if info.is_main:
                 metrics.flush()
         if stop_at_step is not None and step >= stop_at_step and step < total:
@@ -245,7 +268,7 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
             return {"stopped_at": step, "checkpoint_uri": last_ckpt}
 
     loader.close()
-    summary = _summary(cfg, run_uri, metrics, knn_results, last_ckpt, info)
+    summary = _summary(cfg, run_uri, metrics, knn_results, last_ckpt, info, phases)
     if info.is_main:
         metrics.flush()
         su.write_bytes_atomic(su.join(run_uri, "summary.json"), json.dumps(summary, indent=1).encode())
@@ -253,15 +276,41 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
     return summary
 
 
-def _summary(cfg, run_uri, metrics: MetricsLog, knn_results, last_ckpt, info: DistInfo) -> dict[str, Any]:
+_FINAL_TERMS = ("dino_loss", "ibot_loss", "koleo_loss", "total_loss", "teacher_entropy", "teacher_batch_entropy")
+
+
+def _tail_means(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    """Mean of each key over the last 20% of ``rows`` (where present)."""
+    tail = rows[-max(1, len(rows) // 5) :]
+    return {
+        k: sum(r[k] for r in tail if r.get(k) is not None) / max(1, sum(1 for r in tail if r.get(k) is not None))
+        for k in keys
+        if any(r.get(k) is not None for r in tail)
+    }
+
+
+def _phase_summaries(phases: list[Phase], train_rows: list[dict], world_size: int) -> list[dict[str, Any]]:
+    """Per phase: its plan plus what it measured (throughput, memory, final losses)."""
+    out = []
+    for p in phases:
+        rows = [r for r in train_rows if r.get("phase") == p.name]
+        out.append({
+            **p.as_dict(),
+            "global_batch": p.batch_size_per_rank * world_size,
+            "images_per_s": _tail_means(rows, ("images_per_s",)).get("images_per_s"),
+            "peak_memory_mb": max((r.get("memory_mb") or 0) for r in rows) if rows else None,
+            "final": _tail_means(rows, ("dino_loss", "ibot_loss", "koleo_loss", "total_loss")),
+        })
+    return out
+
+
+def _summary(
+    cfg, run_uri, metrics: MetricsLog, knn_results, last_ckpt, info: DistInfo, phases: list[Phase]
+) -> dict[str, Any]:
     last = metrics.rows[-1] if metrics.rows else {}
     train_rows = [r for r in metrics.rows if r.get("images_per_s") is not None]
     tail = train_rows[-max(1, len(train_rows) // 5) :]
-    final_terms = {
-        k: sum(r[k] for r in tail if r.get(k) is not None) / max(1, sum(1 for r in tail if r.get(k) is not None))
-        for k in ("dino_loss", "ibot_loss", "koleo_loss", "total_loss", "teacher_entropy", "teacher_batch_entropy")
-        if any(r.get(k) is not None for r in tail)
-    }
+    final_terms = _tail_means(train_rows, _FINAL_TERMS)
     return {
         "run_uri": run_uri,
         "steps": int(last.get("step", 0)),
@@ -274,4 +323,5 @@ def _summary(cfg, run_uri, metrics: MetricsLog, knn_results, last_ckpt, info: Di
         "peak_memory_mb": max((r.get("memory_mb") or 0) for r in train_rows) if train_rows else None,
         "checkpoint_uri": last_ckpt,
         "metrics_uri": metrics.uri,
+        "phases": _phase_summaries(phases, train_rows, info.world_size),
     }

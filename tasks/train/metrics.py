@@ -1,8 +1,8 @@
 """Per-step training metrics, kept in memory and published as ``metrics.parquet``.
 
 Rows are plain dicts (loss terms, schedules, throughput, memory, teacher entropy, k-NN results
-on evaluation steps). On resume the rows after the resumed step are dropped, so the file always
-describes one consistent history.
+on evaluation steps, the training phase by name). On resume the rows after the resumed step are
+dropped, so the file always describes one consistent history.
 """
 
 from __future__ import annotations
@@ -51,13 +51,22 @@ class MetricsLog:
         for row in self.rows:
             columns.update(dict.fromkeys(row))
         data = {c: [row.get(c) for row in self.rows] for c in columns}
-        table = pa.table({c: pa.array(v, type=pa.int64() if c == "step" else pa.float64()) for c, v in data.items()})
+        table = pa.table({c: pa.array(v, type=_column_type(c, v)) for c, v in data.items()})
         buf = io.BytesIO()
         pq.write_table(table, buf)
         su.write_bytes_atomic(self.uri, buf.getvalue())
 
     def column(self, name: str) -> list[tuple[int, float]]:
         return [(r["step"], r[name]) for r in self.rows if r.get(name) is not None]
+
+
+def _column_type(name: str, values: list) -> pa.DataType:
+    """``step`` is an integer, text columns (``phase``) are strings, every other column a float."""
+    if name == "step":
+        return pa.int64()
+    if any(isinstance(v, str) for v in values):
+        return pa.string()
+    return pa.float64()
 
 
 def _plain(v):

@@ -1,4 +1,4 @@
-"""Human-readable views of a run: k-NN curve as a markdown table and a small PNG line chart."""
+"""Human-readable views of a run: k-NN curve and training phases as markdown tables, a small PNG line chart."""
 
 from __future__ import annotations
 
@@ -13,19 +13,52 @@ def knn_curve(summary: dict, k: int = 20) -> list[tuple[int, float]]:
     return sorted((int(s), float(r[key])) for s, r in summary.get("knn", {}).items() if key in r)
 
 
+def phase_of_step(summary: dict, step: int) -> str:
+    """Name of the phase that trained up to ``step`` (steps done; step 0 is the first phase)."""
+    phases = summary.get("phases") or []
+    for p in phases:
+        if step <= p["end_step"]:
+            return p["name"]
+    return phases[-1]["name"] if phases else ""
+
+
 def knn_markdown(summary: dict) -> str:
+    """k-NN per evaluated step; a phase column when the run has a high-resolution phase."""
     rows = sorted(summary.get("knn", {}).items(), key=lambda kv: int(kv[0]))
     if not rows:
         return "_no k-NN evaluation in this run_"
+    with_phase = len(summary.get("phases") or []) > 1
     ks = sorted({int(c.rsplit("k", 1)[1]) for _, r in rows for c in r if c.startswith("knn_top1_k")})
-    head = "| step | " + " | ".join(f"top-1 k={k}" for k in ks) + " | eff. rank |"
-    sep = "|" + "---|" * (len(ks) + 2)
+    head = "| step | " + ("phase | " if with_phase else "") + " | ".join(f"top-1 k={k}" for k in ks) + " | eff. rank |"
+    sep = "|" + "---|" * (len(ks) + 2 + with_phase)
     lines = [head, sep]
     for step, r in rows:
         cells = [f"{100 * r[f'knn_top1_k{k}']:.1f}%" if f"knn_top1_k{k}" in r else "" for k in ks]
+        if with_phase:
+            cells.insert(0, phase_of_step(summary, int(step)))
         rank = r.get("feature_effective_rank")
         rank_cell = f"{rank:.1f}" if rank is not None else ""
         lines.append(f"| {step} | " + " | ".join(cells) + f" | {rank_cell} |")
+    return "\n".join(lines)
+
+
+def phases_markdown(summary: dict) -> str:
+    """One row per training phase: its steps and sizes, and what it measured."""
+    phases = summary.get("phases") or []
+    if not phases:
+        return "_no phases recorded in this run_"
+    lines = [
+        "| phase | steps | global crops | local crops | batch per process | images/s | peak memory | total loss |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in phases:
+        ips, mem, loss = p.get("images_per_s"), p.get("peak_memory_mb"), (p.get("final") or {}).get("total_loss")
+        lines.append(
+            f"| {p['name']} | {p['start_step'] + 1}-{p['end_step']} | {p['global_crops_size']} px "
+            f"| {p['local_crops_size']} px | {p['batch_size_per_rank']} "
+            f"| {f'{ips:.1f}' if ips is not None else ''} | {f'{mem:.0f} MB' if mem is not None else ''} "
+            f"| {f'{loss:.4f}' if loss is not None else ''} |"
+        )
     return "\n".join(lines)
 
 
