@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from models.masking import MaskingGenerator, batch_masks
+from models.masking import MaskingGenerator, batch_masks, masked_patches_bound, masks_for_rows
 
 
 class MultiCropCollator:
@@ -68,11 +68,29 @@ class MultiCropCollator:
         if self.dtype is not None:
             global_crops, local_crops = global_crops.to(self.dtype), local_crops.to(self.dtype)
 
-        height, width = global_crops.shape[-2:]
-        grid = (height // self.patch_size, width // self.patch_size)
         masks, upperbound = batch_masks(
-            len(global_crops), self.mask_generator(grid), self.mask_ratio, self.mask_probability, generator
+            len(global_crops), self.mask_generator(self.grid_of(global_crops)), self.mask_ratio,
+            self.mask_probability, generator,
         )
+        return self.finish(global_crops, local_crops, masks, upperbound)
+
+    def grid_of(self, global_crops: torch.Tensor) -> tuple[int, int]:
+        """The patch grid of crops shaped (..., H, W)."""
+        height, width = global_crops.shape[-2:]
+        return height // self.patch_size, width // self.patch_size
+
+    def masks_for_rows(self, rows: Sequence[int], n_images: int, grid: tuple[int, int], seed: int) -> torch.Tensor:
+        """Masks of some rows of a batch of ``n_images`` global crops (``models.masking.masks_for_rows``)."""
+        return masks_for_rows(rows, n_images, self.mask_generator(grid), self.mask_ratio, self.mask_probability, seed)
+
+    def upperbound_for_rows(self, n_rows: int, n_images: int, grid: tuple[int, int]) -> int:
+        """Static bound on the masked patches of ``n_rows`` rows drawn by :meth:`masks_for_rows`."""
+        return masked_patches_bound(n_rows, n_images, grid[0] * grid[1], self.mask_ratio, self.mask_probability)
+
+    def finish(
+        self, global_crops: torch.Tensor, local_crops: torch.Tensor, masks: torch.Tensor, upperbound: int
+    ) -> dict[str, Any]:
+        """The collated dict from crop-major crops and their masks (the masked-patch index tensors added)."""
         mask_indices = masks.flatten().nonzero().flatten()
         per_image = 1.0 / masks.sum(dim=-1).clamp(min=1).float()
         masks_weight = per_image.unsqueeze(-1).expand_as(masks)[masks]

@@ -3,12 +3,14 @@
 Masks are unions of random rectangles (BEiT/iBOT style) rather than scattered patches, so the
 student must predict whole regions from context. ``MaskingGenerator`` draws one mask with up to a
 target number of patches; ``batch_masks`` applies the per-batch policy of the official collate:
-half of the images are masked, with ratios stratified evenly over [0.1, 0.5].
+half of the images are masked, with ratios stratified evenly over [0.1, 0.5]. ``masks_for_rows``
+draws the same policy row by row, so processes that split a batch can each draw their own rows.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -107,3 +109,51 @@ def batch_masks(
     masks += [torch.zeros(n_patches, dtype=torch.bool) for _ in range(n_images - n_masked)]
     order = torch.randperm(n_images, generator=generator)
     return torch.stack([masks[i] for i in order.tolist()]), upperbound
+
+
+def _row_seed(seed: int, row: int) -> int:
+    """A generator seed for one row of a batch, decorrelated from its neighbours' (SplitMix64 step)."""
+    x = (seed * 0x9E3779B97F4A7C15 + row + 1) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return (x ^ (x >> 31)) & 0x7FFFFFFFFFFFFFFF
+
+
+def masks_for_rows(
+    rows: Sequence[int],
+    n_images: int,
+    mask_generator: MaskingGenerator,
+    mask_ratio: tuple[float, float] = (0.1, 0.5),
+    mask_probability: float = 0.5,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Masks (len(rows), N) of some ``rows`` of a batch of ``n_images`` global crops.
+
+    The policy of :func:`batch_masks` over the whole batch (``int(n_images * p)`` images masked,
+    their ratios stratified over ``mask_ratio``), drawn so that any subset of rows can be drawn
+    on its own: one permutation from ``seed`` deals the strata to rows, and each row's mask comes
+    from its own generator. Processes that each hold a slice of a batch thus draw the slices of
+    the very masks one process would draw for the whole batch.
+    """
+    n_patches = mask_generator.num_patches
+    n_masked = int(n_images * mask_probability)
+    lo, hi = mask_ratio
+    edges = [lo + (hi - lo) * i / n_masked for i in range(n_masked + 1)] if n_masked else [lo]
+    stratum = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))
+    out = torch.zeros(len(rows), n_patches, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        if not 0 <= row < n_images:
+            raise IndexError(f"row {row} outside a batch of {n_images} images")
+        s = int(stratum[row])
+        if s < n_masked:
+            g = torch.Generator().manual_seed(_row_seed(seed, row))
+            target = int(n_patches * _uniform(edges[s], edges[s + 1], g))
+            out[i] = mask_generator(target, g).flatten()
+    return out
+
+
+def masked_patches_bound(n_rows: int, n_images: int, n_patches: int, mask_ratio: tuple[float, float],
+                         mask_probability: float) -> int:
+    """A bound on the masked patches of ``n_rows`` rows of a batch of ``n_images`` (see
+    :func:`masks_for_rows`) that depends only on those counts: a static buffer size."""
+    return min(n_rows, int(n_images * mask_probability)) * int(n_patches * mask_ratio[1])

@@ -106,3 +106,21 @@ def test_batch_masks_deterministic_and_edge_cases():
     random.seed(0)  # Python's RNG is not used: results depend only on the torch generator
     c = batch_masks(6, gen, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a[0], c[0])
+
+
+def test_rows_drawn_apart_equal_the_whole_batch():
+    from models.masking import masked_patches_bound, masks_for_rows
+
+    gen = MaskingGenerator(14)
+    whole = masks_for_rows(range(128), 128, gen, seed=11)
+    counts = whole.sum(dim=1)
+    assert 60 <= int((counts > 0).sum()) <= 64  # int(128 * 0.5) images drawn, a placement rarely fails
+    assert max(counts.tolist()) <= int(196 * 0.5)
+    ratios = counts[counts > 0].double() / 196
+    assert 0.25 < ratios.mean().item() < 0.32  # strata spread over [0.1, 0.5] as in batch_masks
+    halves = torch.cat([masks_for_rows(range(64), 128, gen, seed=11), masks_for_rows(range(64, 128), 128, gen, seed=11)])
+    assert torch.equal(halves, whole)
+    assert torch.equal(masks_for_rows([90, 3], 128, gen, seed=11), whole[[90, 3]])
+    assert not torch.equal(masks_for_rows(range(128), 128, gen, seed=12), whole)
+    for lo in (0, 64):
+        assert int(whole[lo : lo + 64].sum()) <= masked_patches_bound(64, 128, 196, (0.1, 0.5), 0.5)

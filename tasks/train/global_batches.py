@@ -1,0 +1,319 @@
+"""Training batches that do not depend on the number of processes.
+
+A run reads its data as ``S`` *streams* (``data.streams``, fixed for the run): stream k reads,
+epoch after epoch, the shards (or the share of samples) that :func:`tasks.train.data.plan_epoch`
+deals to slot k of S, each shard in a seeded order. The global batch of a step is the next c_0
+samples of stream 0, then the next c_1 of stream 1, ... (the G images split as evenly as possible
+over the streams), and process r of W takes rows ``[r*G/W, (r+1)*G/W)`` of it. Every random
+draw is tied to the global batch rather than to a process:
+
+- the crops, flips and colour jitter of a sample come from a generator seeded by
+  (seed, stream, position in the stream), i.e. by the sample's place in the global order;
+- the iBOT masks come from (seed, global step, row of the global batch)
+  (:func:`models.masking.masks_for_rows`), with the masked share and its ratio strata dealt
+  over the whole global batch.
+
+So 1 x 16, 2 x 8 and 4 x 4 processes see the same images, crops and masks at every step. Where
+S is a multiple of W each process reads only its own streams' shards, and where a process's
+DataLoader has as many workers as it has stream pieces each worker reads its own; other layouts
+give the same batches and read some shards more than once.
+
+The data position is one integer per stream. The checkpoint stores it (it is the same on every
+process), so a run resumes, at any world size, with the batch that would have come next; a
+changed global batch (another number of processes at the same ``batch_size_per_rank``, or a new
+training phase) continues every stream where it stands.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from models.collate import MultiCropCollator
+from tasks.train.data import SampleTransform, Source, _mix, plan_epoch
+
+_MASKS = 0x6D61736B  # keeps the mask seeds of a step apart from every sample seed
+
+
+def stream_shares(global_batch: int, streams: int) -> list[int]:
+    """Images each stream gives to every global batch: as even as possible, the first ones one more."""
+    if global_batch < streams:
+        raise ValueError(
+            f"data.streams={streams} exceeds the global batch of {global_batch} images, so some streams "
+            "would never be read; lower data.streams or raise the batch"
+        )
+    base, extra = divmod(global_batch, streams)
+    return [base + (1 if k < extra else 0) for k in range(streams)]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``[row, row + n)`` of the global batch: samples ``[position, position + n)`` of ``stream``."""
+
+    stream: int
+    position: int
+    row: int
+    n: int
+
+
+def rank_pieces(shares: Sequence[int], positions: Sequence[int], rank: int, world_size: int) -> list[Piece]:
+    """The pieces of streams that make up process ``rank``'s rows of the global batch."""
+    global_batch = sum(shares)
+    if global_batch % world_size:
+        raise ValueError(f"a global batch of {global_batch} images does not split over {world_size} processes")
+    per_rank = global_batch // world_size
+    lo, hi = rank * per_rank, (rank + 1) * per_rank
+    pieces, start = [], 0
+    for k, share in enumerate(shares):
+        a, b = max(lo, start), min(hi, start + share)
+        if a < b:
+            pieces.append(Piece(k, positions[k] + a - start, a, b - a))
+        start += share
+    return pieces
+
+
+class StreamIndex:
+    """Where sample ``position`` of stream ``k`` lies: (shard id, index of the sample in the shard)."""
+
+    def __init__(self, sizes: Sequence[int], seed: int, streams: int, cached_plans: int = 8) -> None:
+        self.sizes, self.seed, self.streams = list(sizes), seed, streams
+        total = sum(self.sizes)
+        if total < streams:
+            raise ValueError(f"the data holds {total} images, fewer than data.streams={streams}")
+        self._epoch_ends: dict[int, list[int]] = {}
+        self._plans: OrderedDict[tuple[int, int], tuple[list, np.ndarray]] = OrderedDict()
+        self._cached = cached_plans
+
+    def _plan(self, stream: int, epoch: int) -> tuple[list, np.ndarray]:
+        key = (stream, epoch)
+        if key in self._plans:
+            self._plans.move_to_end(key)
+            return self._plans[key]
+        shards = plan_epoch(self.sizes, self.seed, epoch, stream, self.streams).shards
+        value = (shards, np.cumsum([len(idx) for _, idx in shards], dtype=np.int64))
+        self._plans[key] = value
+        while len(self._plans) > self._cached:
+            self._plans.popitem(last=False)
+        return value
+
+    def locate(self, stream: int, position: int) -> tuple[int, int]:
+        ends = self._epoch_ends.setdefault(stream, [])
+        while not ends or ends[-1] <= position:
+            _, shard_ends = self._plan(stream, len(ends))
+            ends.append((ends[-1] if ends else 0) + int(shard_ends[-1] if len(shard_ends) else 0))
+            if len(ends) > 1 and ends[-1] == ends[-2]:
+                raise ValueError(f"data stream {stream} of {self.streams} gets no samples")
+        epoch = bisect.bisect_right(ends, position)
+        offset = position - (ends[epoch - 1] if epoch else 0)
+        shards, shard_ends = self._plan(stream, epoch)
+        j = int(np.searchsorted(shard_ends, offset, side="right"))
+        sid, idx = shards[j]
+        return int(sid), int(idx[offset - (int(shard_ends[j - 1]) if j else 0)])
+
+
+class ShardCache:
+    """The last few shards read (a stream piece may straddle two)."""
+
+    def __init__(self, source: Source, size: int = 2) -> None:
+        self.source, self.size = source, size
+        self._shards: OrderedDict[int, list] = OrderedDict()
+
+    def sample(self, shard: int, index: int) -> tuple[str, Any]:
+        if shard not in self._shards:
+            samples = self.source.read_shard(shard)
+            expected = self.source.shard_sizes()[shard]
+            if len(samples) != expected:
+                raise ValueError(f"shard {shard} holds {len(samples)} samples, expected {expected}")
+            self._shards[shard] = samples
+            while len(self._shards) > self.size:
+                self._shards.popitem(last=False)
+        self._shards.move_to_end(shard)
+        return self._shards[shard][index]
+
+
+class GlobalBatchParts(IterableDataset):
+    """Endless parts of one process's slices of the global batches.
+
+    Item t is group ``t % n_groups`` of step ``start_step + t // n_groups``; DataLoader worker w
+    makes items w, w + n_workers, ... (the DataLoader takes them round-robin, so in order). A part
+    holds crops stacked per crop index, (crops, n, ...), and the iBOT masks of its rows.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        transform: SampleTransform,
+        collate: MultiCropCollator,
+        seed: int,
+        streams: int,
+        shares: Sequence[int],
+        groups: Sequence[Sequence[Piece]],
+        start_step: int,
+    ) -> None:
+        super().__init__()
+        self.source, self.transform, self.collate = source, transform, collate
+        self.seed, self.streams, self.shares = seed, streams, list(shares)
+        self.groups, self.start_step = [list(g) for g in groups], start_step
+        self.global_batch = sum(self.shares)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        index = StreamIndex(self.source.shard_sizes(), self.seed, self.streams)
+        cache = ShardCache(self.source)
+        t = worker
+        while True:
+            step, group = self.start_step + t // len(self.groups), t % len(self.groups)
+            yield self.part(index, cache, step, group)
+            t += n_workers
+
+    def part(self, index: StreamIndex, cache: ShardCache, step: int, group: int) -> dict[str, Any]:
+        samples, rows = [], []
+        for piece in self.groups[group]:
+            first = piece.position + (step - self.start_step) * self.shares[piece.stream]
+            for i in range(piece.n):
+                key, raw = cache.sample(*index.locate(piece.stream, first + i))
+                generator = torch.Generator().manual_seed(_mix(self.seed, piece.stream, first + i))
+                samples.append(self.transform(self.source.decode(raw), generator))
+                rows.append(piece.row + i)
+        n_global, n_local = len(samples[0]["global_crops"]), len(samples[0]["local_crops"])
+        global_crops = torch.stack([torch.stack([s["global_crops"][c] for s in samples]) for c in range(n_global)])
+        if n_local:
+            local_crops = torch.stack([torch.stack([s["local_crops"][c] for s in samples]) for c in range(n_local)])
+        else:
+            local_crops = global_crops.new_zeros((0, len(samples), *global_crops.shape[2:]))
+        batch_rows = [c * self.global_batch + r for c in range(n_global) for r in rows]
+        masks = self.collate.masks_for_rows(
+            batch_rows, n_global * self.global_batch, self.collate.grid_of(global_crops), _mix(self.seed, step, _MASKS)
+        )
+        return {
+            "step": step,
+            "group": group,
+            "global_crops": global_crops,
+            "local_crops": local_crops,
+            "masks": masks.view(n_global, len(samples), -1),
+        }
+
+
+def _split(pieces: list[Piece], n_groups: int) -> list[list[Piece]]:
+    bounds = np.linspace(0, len(pieces), n_groups + 1).round().astype(int)
+    return [pieces[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class GlobalBatchLoader:
+    """This process's rows of every global batch, collated, from ``step`` on.
+
+    ``batch_size`` is per process (the global batch is ``batch_size * world_size``). ``state`` is
+    a :meth:`state_dict` saved at ``step`` (by any number of processes); without one the streams
+    are taken to have run at this global batch since step 0.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        transform: SampleTransform,
+        collate: MultiCropCollator,
+        batch_size: int,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int = 0,
+        *,
+        streams: int = 8,
+        step: int = 0,
+        state: dict | None = None,
+    ) -> None:
+        self.global_batch = batch_size * world_size
+        self.shares = stream_shares(self.global_batch, streams)
+        if state is not None:
+            if state.get("streams") != streams:
+                raise ValueError(
+                    f"the checkpoint's data was read as data.streams={state.get('streams')}, this run has "
+                    f"data.streams={streams}; the sample order cannot continue. Set data.streams back, "
+                    "or train into a new run"
+                )
+            if int(state["step"]) != step:
+                raise ValueError(f"data position saved at step {state['step']}, resuming at step {step}")
+            positions = [int(p) for p in state["positions"]]
+        else:
+            positions = [step * share for share in self.shares]
+        self._args = dict(source=source, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
+                          streams=streams)
+        self.collate, self.streams, self.step, self.positions = collate, streams, step, positions
+        pieces = rank_pieces(self.shares, positions, rank, world_size)
+        self.n_groups = max(1, min(num_workers, len(pieces)))
+        dataset = GlobalBatchParts(
+            source, transform, collate, seed, streams, self.shares, _split(pieces, self.n_groups), step
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            persistent_workers=False,
+            prefetch_factor=2 if num_workers else None,
+            # Its own generator: drawing the workers' base seed must not consume the global RNG
+            # (stochastic depth draws from it, and a resumed run restores it exactly).
+            generator=torch.Generator().manual_seed(_mix(seed, rank)),
+        )
+        self._iter: Iterator | None = None
+
+    def __iter__(self) -> "GlobalBatchLoader":
+        return self
+
+    def __next__(self) -> dict:
+        if self._iter is None:
+            self._iter = iter(self.loader)
+        parts = [next(self._iter) for _ in range(self.n_groups)]
+        if [(p["step"], p["group"]) for p in parts] != [(self.step, g) for g in range(self.n_groups)]:
+            raise RuntimeError(f"data parts out of order at step {self.step}")
+        batch = self._assemble(parts)
+        self.step += 1
+        self.positions = [p + share for p, share in zip(self.positions, self.shares)]
+        return batch
+
+    def _assemble(self, parts: list[dict]) -> dict:
+        global_crops = torch.cat([p["global_crops"] for p in parts], dim=1)
+        local_crops = torch.cat([p["local_crops"] for p in parts], dim=1)
+        masks = torch.cat([p["masks"] for p in parts], dim=1)
+        n_global, rows = global_crops.shape[:2]
+        grid = self.collate.grid_of(global_crops)
+        upperbound = self.collate.upperbound_for_rows(n_global * rows, n_global * self.global_batch, grid)
+        global_crops, local_crops = global_crops.flatten(0, 1), local_crops.flatten(0, 1)
+        if self.collate.dtype is not None:
+            global_crops, local_crops = global_crops.to(self.collate.dtype), local_crops.to(self.collate.dtype)
+        return self.collate.finish(global_crops, local_crops, masks.flatten(0, 1), upperbound)
+
+    def close(self) -> None:
+        """Stop the worker processes now rather than at garbage collection (where a worker still
+        mid-shard dies noisily)."""
+        if self._iter is not None:
+            shutdown = getattr(self._iter, "_shutdown_workers", None)
+            self._iter = None
+            if shutdown is not None:
+                try:
+                    shutdown()
+                except RuntimeError:
+                    pass  # a worker stopped mid-prefetch at the end of a run: nothing it held is needed
+
+    def state_dict(self) -> dict:
+        """Plain JSON, the same on every process: streams, next step, next position of each stream."""
+        return {"streams": self.streams, "global_batch": self.global_batch, "step": self.step,
+                "positions": list(self.positions)}
+
+    def resized(
+        self, transform: SampleTransform, collate: MultiCropCollator, batch_size: int
+    ) -> "GlobalBatchLoader":
+        """A loader that continues every stream where it stands with another augmentation and
+        batch size (a new training phase); this one's workers are stopped, prefetched parts dropped."""
+        self.close()
+        return GlobalBatchLoader(
+            transform=transform, collate=collate, batch_size=batch_size, step=self.step, state=self.state_dict(),
+            **self._args,
+        )
