@@ -108,6 +108,14 @@ class OptimConfig(_Section):
 
     total_steps: int = Field(1000, ge=1, description="Optimiser steps of the whole run.")
     batch_size_per_rank: int = Field(64, ge=2, le=4096, description="Images per process per step (>= 2 for KoLeo).")
+    global_batch_size: int | None = Field(
+        None,
+        ge=2,
+        le=1 << 20,
+        description="Images per step over all processes; when set, each process takes global_batch_size / "
+        "world size (a world that does not divide it is refused) and batch_size_per_rank is not used, so the "
+        "run keeps its batch (and learning rate) whatever the number of processes.",
+    )
     base_lr: float = Field(4e-3, gt=0, le=1, description="Peak LR before scaling by sqrt(global batch / 1024).")
     lr_scaling: Literal["sqrt_wrt_1024", "none"] = Field("sqrt_wrt_1024", description="How the peak LR follows the batch.")
     min_lr: float = Field(1e-6, ge=0, description="LR at the end of the cosine.")
@@ -163,6 +171,14 @@ class DataConfig(_Section):
         "auto", description="Source type; 'auto' infers it from the URI."
     )
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes per rank.")
+    streams: int = Field(
+        8,
+        ge=1,
+        le=65536,
+        description="Read streams the global batch is drawn from, fixed for a run: the sample order depends on "
+        "it, not on the number of processes. A multiple of the world size that divides the global batch lets "
+        "each process read only its own shards.",
+    )
     shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="Samples held for shuffling within shards.")
 
 
@@ -195,6 +211,51 @@ class HighResConfig(_Section):
         return self.steps if self.steps is not None else int(round(self.fraction * total_steps))
 
 
+class LaunchConfig(_Section):
+    """How torchrun starts the processes: on one machine, or on several that meet at a rendezvous.
+
+    Unset fields come from the environment (see :mod:`tasks.train.launch`): NNODES, NODE_RANK or
+    JOB_COMPLETION_INDEX (Kubernetes Indexed Jobs), MASTER_ADDR and MASTER_PORT, and torchrun's own
+    PET_* names.
+    """
+
+    nnodes: int | None = Field(
+        None, ge=1, le=4096, description="Machines in the run (None: NNODES / PET_NNODES, else 1)."
+    )
+    node_rank: int | None = Field(
+        None,
+        ge=0,
+        description="This machine's index, 0 .. nnodes-1 (None: NODE_RANK, PET_NODE_RANK or JOB_COMPLETION_INDEX, "
+        "else 0). The static rendezvous orders processes by it; c10d assigns ranks itself.",
+    )
+    rdzv_backend: Literal["c10d", "static"] = Field(
+        "c10d",
+        description="Multi-machine rendezvous: 'c10d' (a TCP store on the endpoint; machines may join in any "
+        "order) or 'static' (the endpoint is node 0, which needs node_rank).",
+    )
+    rdzv_endpoint: str | None = Field(
+        None,
+        description="host:port every machine reaches (None: PET_RDZV_ENDPOINT, else MASTER_ADDR:MASTER_PORT, "
+        "port 29500 by default).",
+    )
+    rdzv_id: str = Field(
+        "lvd-train", min_length=1, pattern=r"^[A-Za-z0-9._-]+$", description="Job id, the same on every machine."
+    )
+    max_restarts: int = Field(
+        0, ge=0, le=100, description="Restarts of all processes after a failure (each resumes from the newest checkpoint)."
+    )
+
+    @model_validator(mode="after")
+    def _endpoint_is_host_port(self) -> "LaunchConfig":
+        if self.rdzv_endpoint is not None:
+            host, sep, port = self.rdzv_endpoint.rpartition(":")
+            if not (host and sep and port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"launch.rdzv_endpoint must be host:port, got {self.rdzv_endpoint!r}")
+        if self.nnodes is not None and self.node_rank is not None and self.node_rank >= self.nnodes:
+            raise ValueError(f"launch.node_rank={self.node_rank} must be below launch.nnodes={self.nnodes}")
+        return self
+
+
 class TrainConfig(_Section):
     """One pretraining run: model, crops, recipe, optimisation, precision, cadences, data."""
 
@@ -212,7 +273,12 @@ class TrainConfig(_Section):
         "auto", description="Compute precision: 'auto' is bf16 autocast on GPU and fp32 on CPU."
     )
     seed: int = Field(0, ge=0, description="Seed of weights, data order, crops and masks.")
-    nproc: int = Field(1, ge=1, le=1024, description="Processes (GPUs, or CPU processes with gloo) for the run.")
+    nproc: int = Field(
+        1, ge=1, le=1024, description="Processes per machine (GPUs, or CPU processes with gloo) for the run."
+    )
+    launch: LaunchConfig = Field(
+        default_factory=LaunchConfig, description="Machines and rendezvous of a multi-machine run."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device: 'auto' picks CUDA when present.")
     cpu_threads: int = Field(
         0, ge=0, le=256, description="torch intra-op threads per process on CPU (0: torch's default)."
@@ -255,8 +321,27 @@ class TrainConfig(_Section):
             )
         return self
 
+    def rank_batch_size(self, world_size: int) -> int:
+        """Images per process per step at ``world_size`` processes; refuses a world that the
+        global batch does not split over."""
+        g = self.optim.global_batch_size
+        if g is None:
+            return self.optim.batch_size_per_rank
+        if g % world_size:
+            raise ValueError(
+                f"optim.global_batch_size={g} does not split over {world_size} processes; "
+                f"use a number of processes that divides it, or change optim.global_batch_size"
+            )
+        per_rank = g // world_size
+        if per_rank < 2 and self.loss.koleo_weight > 0:
+            raise ValueError(
+                f"optim.global_batch_size={g} over {world_size} processes leaves {per_rank} image per process; "
+                "KoLeo (loss.koleo_weight) needs at least 2"
+            )
+        return per_rank
+
     def global_batch(self, world_size: int) -> int:
-        return self.optim.batch_size_per_rank * world_size
+        return self.rank_batch_size(world_size) * world_size
 
     def peak_lr(self, world_size: int) -> float:
         """Base LR scaled by sqrt(global batch / 1024) (the official scaling rule)."""

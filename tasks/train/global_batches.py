@@ -3,9 +3,9 @@
 A run reads its data as ``S`` *streams* (``data.streams``, fixed for the run): stream k reads,
 epoch after epoch, the shards (or the share of samples) that :func:`tasks.train.data.plan_epoch`
 deals to slot k of S, each shard in a seeded order. The global batch of a step is the next c_0
-samples of stream 0, then the next c_1 of stream 1, ... (the G images split as evenly as possible
-over the streams), and process r of W takes rows ``[r*G/W, (r+1)*G/W)`` of it. Every random
-draw is tied to the global batch rather than to a process:
+samples of stream 0, then the next c_1 of stream 1, ... (G // S each, plus one from G % S streams
+in rotation, so all streams advance alike), and process r of W takes rows ``[r*G/W, (r+1)*G/W)``
+of it. Every random draw is tied to the global batch rather than to a process:
 
 - the crops, flips and colour jitter of a sample come from a generator seeded by
   (seed, stream, position in the stream), i.e. by the sample's place in the global order;
@@ -42,17 +42,6 @@ from tasks.train.data import SampleTransform, Source, _mix, plan_epoch
 _MASKS = 0x6D61736B  # keeps the mask seeds of a step apart from every sample seed
 
 
-def stream_shares(global_batch: int, streams: int) -> list[int]:
-    """Images each stream gives to every global batch: as even as possible, the first ones one more."""
-    if global_batch < streams:
-        raise ValueError(
-            f"data.streams={streams} exceeds the global batch of {global_batch} images, so some streams "
-            "would never be read; lower data.streams or raise the batch"
-        )
-    base, extra = divmod(global_batch, streams)
-    return [base + (1 if k < extra else 0) for k in range(streams)]
-
-
 @dataclass(frozen=True)
 class Piece:
     """Rows ``[row, row + n)`` of the global batch: samples ``[position, position + n)`` of ``stream``."""
@@ -63,20 +52,55 @@ class Piece:
     n: int
 
 
-def rank_pieces(shares: Sequence[int], positions: Sequence[int], rank: int, world_size: int) -> list[Piece]:
-    """The pieces of streams that make up process ``rank``'s rows of the global batch."""
-    global_batch = sum(shares)
-    if global_batch % world_size:
-        raise ValueError(f"a global batch of {global_batch} images does not split over {world_size} processes")
-    per_rank = global_batch // world_size
-    lo, hi = rank * per_rank, (rank + 1) * per_rank
-    pieces, start = [], 0
-    for k, share in enumerate(shares):
-        a, b = max(lo, start), min(hi, start + share)
-        if a < b:
-            pieces.append(Piece(k, positions[k] + a - start, a, b - a))
-        start += share
-    return pieces
+@dataclass(frozen=True)
+class StreamSchedule:
+    """Which samples of which stream fill each row of the global batch, step after step.
+
+    Every step takes ``G // S`` samples of each stream plus one more from ``G % S`` of them; that
+    extra share rotates over the streams from step to step, so every stream advances at the same
+    rate (and a batch smaller than S still reads all streams in turn). ``positions`` are the
+    streams' next positions at ``origin_step``.
+    """
+
+    global_batch: int
+    streams: int
+    origin_step: int = 0
+    positions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.positions is not None and len(self.positions) != self.streams:
+            raise ValueError(f"{len(self.positions)} stream positions for {self.streams} streams")
+
+    def _extra_before(self, stream: int, step: int) -> int:
+        """Extra samples stream ``stream`` gave in steps [0, step)."""
+        dealt = step * (self.global_batch % self.streams)
+        return max(0, -(-(dealt - stream) // self.streams))
+
+    def shares(self, step: int) -> list[int]:
+        base, extra = divmod(self.global_batch, self.streams)
+        first = (step * extra) % self.streams
+        return [base + (1 if (k - first) % self.streams < extra else 0) for k in range(self.streams)]
+
+    def stream_positions(self, step: int) -> list[int]:
+        """Each stream's next position at ``step`` (>= origin_step)."""
+        if step < self.origin_step:
+            raise ValueError(f"step {step} comes before the data position's step {self.origin_step}")
+        base = self.global_batch // self.streams
+        origin = self.positions or (0,) * self.streams
+        return [
+            origin[k] + base * (step - self.origin_step) + self._extra_before(k, step) - self._extra_before(k, self.origin_step)
+            for k in range(self.streams)
+        ]
+
+    def pieces(self, step: int, lo: int, hi: int) -> list[Piece]:
+        """The stream pieces that fill rows ``[lo, hi)`` of the global batch of ``step``."""
+        out, start = [], 0
+        for k, (share, position) in enumerate(zip(self.shares(step), self.stream_positions(step))):
+            a, b = max(lo, start), min(hi, start + share)
+            if a < b:
+                out.append(Piece(k, position + a - start, a, b - a))
+            start += share
+        return out
 
 
 class StreamIndex:
@@ -139,11 +163,11 @@ class ShardCache:
 
 
 class GlobalBatchParts(IterableDataset):
-    """Endless parts of one process's slices of the global batches.
+    """Endless parts of one process's rows of the global batches.
 
-    Item t is group ``t % n_groups`` of step ``start_step + t // n_groups``; DataLoader worker w
-    makes items w, w + n_workers, ... (the DataLoader takes them round-robin, so in order). A part
-    holds crops stacked per crop index, (crops, n, ...), and the iBOT masks of its rows.
+    Item t is row group ``t % len(groups)`` of step ``start_step + t // len(groups)``; DataLoader
+    worker w makes items w, w + n_workers, ... (the DataLoader takes them round-robin, so in
+    order). A part holds its crops stacked per crop index, (crops, rows, ...), and their iBOT masks.
     """
 
     def __init__(
@@ -152,21 +176,18 @@ class GlobalBatchParts(IterableDataset):
         transform: SampleTransform,
         collate: MultiCropCollator,
         seed: int,
-        streams: int,
-        shares: Sequence[int],
-        groups: Sequence[Sequence[Piece]],
+        schedule: StreamSchedule,
+        groups: Sequence[tuple[int, int]],
         start_step: int,
     ) -> None:
         super().__init__()
         self.source, self.transform, self.collate = source, transform, collate
-        self.seed, self.streams, self.shares = seed, streams, list(shares)
-        self.groups, self.start_step = [list(g) for g in groups], start_step
-        self.global_batch = sum(self.shares)
+        self.seed, self.schedule, self.groups, self.start_step = seed, schedule, list(groups), start_step
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        index = StreamIndex(self.source.shard_sizes(), self.seed, self.streams)
+        index = StreamIndex(self.source.shard_sizes(), self.seed, self.schedule.streams)
         cache = ShardCache(self.source)
         t = worker
         while True:
@@ -176,11 +197,10 @@ class GlobalBatchParts(IterableDataset):
 
     def part(self, index: StreamIndex, cache: ShardCache, step: int, group: int) -> dict[str, Any]:
         samples, rows = [], []
-        for piece in self.groups[group]:
-            first = piece.position + (step - self.start_step) * self.shares[piece.stream]
+        for piece in self.schedule.pieces(step, *self.groups[group]):
             for i in range(piece.n):
-                key, raw = cache.sample(*index.locate(piece.stream, first + i))
-                generator = torch.Generator().manual_seed(_mix(self.seed, piece.stream, first + i))
+                key, raw = cache.sample(*index.locate(piece.stream, piece.position + i))
+                generator = torch.Generator().manual_seed(_mix(self.seed, piece.stream, piece.position + i))
                 samples.append(self.transform(self.source.decode(raw), generator))
                 rows.append(piece.row + i)
         n_global, n_local = len(samples[0]["global_crops"]), len(samples[0]["local_crops"])
@@ -189,9 +209,10 @@ class GlobalBatchParts(IterableDataset):
             local_crops = torch.stack([torch.stack([s["local_crops"][c] for s in samples]) for c in range(n_local)])
         else:
             local_crops = global_crops.new_zeros((0, len(samples), *global_crops.shape[2:]))
-        batch_rows = [c * self.global_batch + r for c in range(n_global) for r in rows]
+        g = self.schedule.global_batch
         masks = self.collate.masks_for_rows(
-            batch_rows, n_global * self.global_batch, self.collate.grid_of(global_crops), _mix(self.seed, step, _MASKS)
+            [c * g + r for c in range(n_global) for r in rows], n_global * g, self.collate.grid_of(global_crops),
+            _mix(self.seed, step, _MASKS),
         )
         return {
             "step": step,
@@ -202,17 +223,13 @@ class GlobalBatchParts(IterableDataset):
         }
 
 
-def _split(pieces: list[Piece], n_groups: int) -> list[list[Piece]]:
-    bounds = np.linspace(0, len(pieces), n_groups + 1).round().astype(int)
-    return [pieces[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
 class GlobalBatchLoader:
     """This process's rows of every global batch, collated, from ``step`` on.
 
     ``batch_size`` is per process (the global batch is ``batch_size * world_size``). ``state`` is
     a :meth:`state_dict` saved at ``step`` (by any number of processes); without one the streams
-    are taken to have run at this global batch since step 0.
+    are taken to have run at this global batch since step 0. The rows are read in up to
+    ``num_workers`` groups, one per DataLoader worker.
     """
 
     def __init__(
@@ -230,8 +247,7 @@ class GlobalBatchLoader:
         step: int = 0,
         state: dict | None = None,
     ) -> None:
-        self.global_batch = batch_size * world_size
-        self.shares = stream_shares(self.global_batch, streams)
+        positions = None
         if state is not None:
             if state.get("streams") != streams:
                 raise ValueError(
@@ -241,16 +257,17 @@ class GlobalBatchLoader:
                 )
             if int(state["step"]) != step:
                 raise ValueError(f"data position saved at step {state['step']}, resuming at step {step}")
-            positions = [int(p) for p in state["positions"]]
-        else:
-            positions = [step * share for share in self.shares]
+            positions = tuple(int(p) for p in state["positions"])
+        origin = step if positions is not None else 0
+        self.schedule = StreamSchedule(batch_size * world_size, streams, origin, positions)
         self._args = dict(source=source, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
                           streams=streams)
-        self.collate, self.streams, self.step, self.positions = collate, streams, step, positions
-        pieces = rank_pieces(self.shares, positions, rank, world_size)
-        self.n_groups = max(1, min(num_workers, len(pieces)))
+        self.collate, self.step = collate, step
+        n_groups = max(1, min(num_workers, batch_size))
+        bounds = [rank * batch_size + (batch_size * i) // n_groups for i in range(n_groups + 1)]
+        self.n_groups = n_groups
         dataset = GlobalBatchParts(
-            source, transform, collate, seed, streams, self.shares, _split(pieces, self.n_groups), step
+            source, transform, collate, seed, self.schedule, list(zip(bounds[:-1], bounds[1:])), step
         )
         self.loader = DataLoader(
             dataset,
@@ -264,6 +281,10 @@ class GlobalBatchLoader:
         )
         self._iter: Iterator | None = None
 
+    @property
+    def global_batch(self) -> int:
+        return self.schedule.global_batch
+
     def __iter__(self) -> "GlobalBatchLoader":
         return self
 
@@ -273,10 +294,8 @@ class GlobalBatchLoader:
         parts = [next(self._iter) for _ in range(self.n_groups)]
         if [(p["step"], p["group"]) for p in parts] != [(self.step, g) for g in range(self.n_groups)]:
             raise RuntimeError(f"data parts out of order at step {self.step}")
-        batch = self._assemble(parts)
         self.step += 1
-        self.positions = [p + share for p, share in zip(self.positions, self.shares)]
-        return batch
+        return self._assemble(parts)
 
     def _assemble(self, parts: list[dict]) -> dict:
         global_crops = torch.cat([p["global_crops"] for p in parts], dim=1)
@@ -304,8 +323,8 @@ class GlobalBatchLoader:
 
     def state_dict(self) -> dict:
         """Plain JSON, the same on every process: streams, next step, next position of each stream."""
-        return {"streams": self.streams, "global_batch": self.global_batch, "step": self.step,
-                "positions": list(self.positions)}
+        return {"streams": self.schedule.streams, "global_batch": self.global_batch, "step": self.step,
+                "positions": self.schedule.stream_positions(self.step)}
 
     def resized(
         self, transform: SampleTransform, collate: MultiCropCollator, batch_size: int

@@ -38,10 +38,12 @@ from tasks.train.checkpoint import (
     set_rng_state,
 )
 from tasks.train.config import TrainConfig
-from tasks.train.data import ResumableLoader, open_source
+from tasks.train.data import _mix, open_source
 from tasks.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shard_ssl_model, shutdown
 from tasks.train.metrics import MetricsLog, peak_memory_mb
-from tasks.train.phases import Phase, check_resumed_phase, phase_at, plan_phases
+from tasks.train.global_batches import GlobalBatchLoader
+from tasks.train.phases import Phase, check_resumed_phase, phase_at
+from tasks.train.world import check_world
 
 BatchHook = Callable[[int, dict], None]
 
@@ -110,6 +112,7 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
     if device.type == "cpu" and cfg.cpu_threads:
         torch.set_num_threads(cfg.cpu_threads)
     total = cfg.optim.total_steps
+    phases = check_world(cfg, info.world_size, run_uri)
     torch.manual_seed(cfg.seed)
     model = build_ssl(cfg).to(device)
     if info.distributed:
@@ -140,7 +143,6 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
     )
 
     metrics = MetricsLog(su.join(run_uri, "metrics.parquet"))
-    phases = plan_phases(cfg)
     step, data_state = 0, None
     ref = latest_checkpoint(run_uri)
     if ref is not None:
@@ -148,11 +150,13 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
         check_resumed_phase(read_marker(ref).get("phase"), phase_at(phases, max(ref.step - 1, 0)), ref.uri)
         extra = load_checkpoint(ref, model, optimizer)
         step = ref.step
+        data_state = read_marker(ref).get("data")  # the same for every process count
         if extra is not None:
-            data_state = extra["data"]
             set_rng_state(extra["rng"])
         else:
-            log(f"checkpoint {ref.uri} was written by another number of processes: data order restarts")
+            # Only stochastic depth draws from the process RNG; its subsets are per process anyway.
+            torch.manual_seed(_mix(cfg.seed, info.rank, step))
+            log(f"checkpoint {ref.uri} was written by another number of processes: process RNG reseeded")
         if info.is_main:
             metrics.resume(step)
         log(f"resumed from {ref.uri} at step {step}")
@@ -161,7 +165,7 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
     if info.is_main and len(phases) > 1:
         log("phases: " + "; ".join(p.describe() for p in phases))
     source = open_source(cfg.data.source, cfg.data.kind)
-    loader = ResumableLoader(
+    loader = GlobalBatchLoader(
         source,
         build_augmentation(cfg, phase),
         build_collate(cfg),
@@ -170,6 +174,8 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
         info.rank,
         info.world_size,
         cfg.data.num_workers,
+        streams=cfg.data.streams,
+        step=step,
         state=data_state,
     )
     bench = build_knn_benchmark(cfg)
@@ -255,10 +261,9 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
                 )
 
         if step % cfg.checkpoint.every_steps == 0 or step == total:
-            extra = {"step": step, "data": loader.state_dict(), "rng": rng_state()}
-            last_ckpt = save_checkpoint(
-                run_uri, step, model, optimizer, extra, keep=cfg.checkpoint.keep, meta={"phase": phase.as_dict()}
-            ).uri
+            extra = {"step": step, "rng": rng_state()}
+            meta = {"phase": phase.as_dict(), "data": loader.state_dict()}
+            last_ckpt = save_checkpoint(run_uri, step, model, optimizer, extra, keep=cfg.checkpoint.keep, meta=meta).uri
             if info.is_main:
                 metrics.flush()
         if stop_at_step is not None and step >= stop_at_step and step < total:

@@ -43,13 +43,14 @@ class Phase:
         return asdict(self)
 
 
-def plan_phases(cfg: TrainConfig) -> list[Phase]:
-    """The run's phases in step order (one when the high-resolution phase is off)."""
+def plan_phases(cfg: TrainConfig, world_size: int = 1) -> list[Phase]:
+    """The run's phases in step order (one when the high-resolution phase is off) at ``world_size``
+    processes (which sets the images per process when ``optim.global_batch_size`` is given)."""
     total = cfg.optim.total_steps
     n_high = cfg.high_res.num_steps(total)
     base = Phase(
         "base", 0, total - n_high, cfg.crops.global_crops_size, cfg.crops.local_crops_size,
-        cfg.optim.batch_size_per_rank,
+        cfg.rank_batch_size(world_size),
     )
     if n_high == 0:
         return [base]
@@ -60,7 +61,7 @@ def plan_phases(cfg: TrainConfig) -> list[Phase]:
         total,
         hr.global_crops_size,
         hr.local_crops_size if hr.local_crops_size is not None else cfg.crops.local_crops_size,
-        hr.batch_size_per_rank or cfg.optim.batch_size_per_rank,
+        hr.batch_size_per_rank or base.batch_size_per_rank,
     )
     return [base, high]
 

@@ -8,7 +8,7 @@ from PIL import Image
 from models.collate import MultiCropCollator
 from tasks.train.build import build_augmentation, build_collate
 from tasks.train.data import FashionMnistSource, Source, plan_epoch
-from tasks.train.global_batches import GlobalBatchLoader, StreamIndex, rank_pieces, stream_shares
+from tasks.train.global_batches import GlobalBatchLoader, StreamIndex, StreamSchedule
 from tests.train.conftest import needs_fashion_mnist, tiny_config
 
 
@@ -49,14 +49,15 @@ def _rank_slices(full, parts, n_global):
 
 
 @needs_fashion_mnist
-@pytest.mark.parametrize("world,workers", [(2, 0), (4, 2)])
-def test_ranks_hold_slices_of_the_one_process_batch(world, workers):
+@pytest.mark.parametrize("world,workers,streams", [(2, 0, 4), (4, 2, 4), (2, 1, 3)])
+def test_ranks_hold_slices_of_the_one_process_batch(world, workers, streams):
     cfg = tiny_config(crops=dict(color_jitter_p=0.8), loss=dict(mask_probability=0.5))
     source = FashionMnistSource(limit=3000)
     aug, collate = build_augmentation(cfg), build_collate(cfg)
-    one = GlobalBatchLoader(source, aug, collate, 16, seed=3, streams=4)
+    one = GlobalBatchLoader(source, aug, collate, 16, seed=3, streams=streams)
     full = [next(one) for _ in range(3)]
-    ranks = [GlobalBatchLoader(source, aug, collate, 16 // world, 3, r, world, workers, streams=4) for r in range(world)]
+    ranks = [GlobalBatchLoader(source, aug, collate, 16 // world, 3, r, world, workers, streams=streams)
+             for r in range(world)]
     for step in range(3):
         parts = [next(loader) for loader in ranks]
         for key, n_crops in (("collated_global_crops", 2), ("collated_local_crops", 2), ("collated_masks", 2)):
@@ -115,14 +116,27 @@ def test_each_stream_epoch_is_its_share_of_the_data(sizes, streams):
     assert sorted(seen) == list(range(sum(sizes)))
 
 
-def test_shares_and_pieces():
-    assert stream_shares(10, 4) == [3, 3, 2, 2]
-    pieces = rank_pieces([3, 3, 2, 2], [30, 31, 32, 33], rank=1, world_size=2)
-    assert [(p.stream, p.position, p.row, p.n) for p in pieces] == [(1, 33, 5, 1), (2, 32, 6, 2), (3, 33, 8, 2)]
-    with pytest.raises(ValueError, match="data.streams=16 exceeds the global batch of 8"):
-        stream_shares(8, 16)
-    with pytest.raises(ValueError, match="does not split over 3 processes"):
-        rank_pieces([3, 3, 2, 2], [0] * 4, 0, 3)
+def test_every_stream_advances_alike_whatever_the_batch():
+    uneven = StreamSchedule(10, 4)
+    assert [uneven.shares(s) for s in range(3)] == [[3, 3, 2, 2], [2, 2, 3, 3], [3, 3, 2, 2]]
+    assert uneven.stream_positions(2) == [5, 5, 5, 5]
+    small = StreamSchedule(3, 4)  # fewer images per step than streams: all are read in turn
+    assert [small.shares(s) for s in range(4)] == [[1, 1, 1, 0], [1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]]
+    assert small.stream_positions(4) == [3, 3, 3, 3]
+    # a schedule continued from saved positions (e.g. after a change of batch) goes on from them
+    resumed = StreamSchedule(10, 4, origin_step=7, positions=(40, 41, 42, 43))
+    assert resumed.stream_positions(9) == [45, 46, 47, 48]
+    pieces = uneven.pieces(1, 5, 10)  # rows 5-9 of step 1, shares [2, 2, 3, 3] from positions [3, 3, 2, 2]
+    assert [(p.stream, p.position, p.row, p.n) for p in pieces] == [(2, 3, 5, 2), (3, 2, 7, 3)]
+
+
+def test_a_global_batch_the_world_does_not_split_is_refused_naming_the_key():
+    cfg = tiny_config(optim=dict(global_batch_size=16))
+    assert [cfg.rank_batch_size(w) for w in (1, 2, 4, 8)] == [16, 8, 4, 2]
+    with pytest.raises(ValueError, match="optim.global_batch_size=16 does not split over 3 processes"):
+        cfg.rank_batch_size(3)
+    with pytest.raises(ValueError, match="leaves 1 image per process; KoLeo"):
+        cfg.rank_batch_size(16)
 
 
 def test_changed_streams_are_refused():
