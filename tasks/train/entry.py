@@ -1,33 +1,63 @@
-"""Process entry point of a training run: ``python -m tasks.train.entry --config cfg.json --run-uri URI``.
+"""Process entry point of a training run, started by torchrun once per process::
 
-``torchrun`` starts one of these per process; each reads the same JSON config and joins the
-process group through the torchrun environment.
+    python -m tasks.train.entry --config cfg.json|preset.yaml --run-uri URI [key=value ...]
+
+Each process reads the same config (a TrainConfig as JSON, or a YAML preset whose ``train:``
+section is read, with dotted overrides such as ``data.source=s3://...``) and joins the process
+group through the torchrun environment. Kubernetes pods run it under torchrun directly (see
+deploy/k8s/train-multinode.yaml).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from tasks.train.config import TrainConfig
+import yaml
+
+from tasks.train.config import TrainConfig, load_train_config
 from tasks.train.loop import train
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", required=True, help="TrainConfig as a JSON file")
-    parser.add_argument("--run-uri", required=True, help="run URI (file:// or s3://)")
-    parser.add_argument("--summary", help="where rank 0 writes the summary JSON (local path)")
-    args = parser.parse_args(argv)
-    cfg = TrainConfig.model_validate_json(Path(args.config).read_text())
-    summary = train(cfg, args.run_uri, log=lambda msg: print(msg, flush=True))
-    if args.summary and summary.get("run_uri"):
-        import os
+def parse_overrides(items: list[str]) -> dict:
+    """``["optim.total_steps=10", ...]`` as a nested dict; values are read as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"override {item!r} is not key=value")
+        parts = key.removeprefix("train.").split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value) if value else value
+    return out
 
-        if int(os.environ.get("RANK", "0")) == 0:
-            Path(args.summary).write_text(json.dumps(summary))
+
+def read_config(path: str, overrides: list[str]) -> TrainConfig:
+    """A complete TrainConfig from JSON (as the launcher writes it), or a YAML preset plus overrides."""
+    if Path(path).suffix == ".json":
+        if overrides:
+            raise SystemExit("overrides apply to YAML presets; a JSON config is taken whole")
+        return TrainConfig.model_validate_json(Path(path).read_text())
+    return load_train_config(path, parse_overrides(overrides) or None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="TrainConfig as JSON, or a YAML preset (its train: section)")
+    parser.add_argument("--run-uri", required=True, help="run URI (file:// or s3://)")
+    parser.add_argument("--summary", help="where global rank 0 writes the summary JSON (local path)")
+    parser.add_argument("--stop-at-step", type=int, help="end after this step as if stopped (resume later)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the config, key=value")
+    args = parser.parse_args(argv)
+    cfg = read_config(args.config, args.overrides)
+    summary = train(cfg, args.run_uri, stop_at_step=args.stop_at_step, log=lambda msg: print(msg, flush=True))
+    if args.summary and int(os.environ.get("RANK", "0")) == 0:
+        Path(args.summary).write_text(json.dumps(summary))
     return 0
 
 
