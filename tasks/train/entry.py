@@ -46,14 +46,18 @@ def read_config(path: str, overrides: list[str]) -> TrainConfig:
     return load_train_config(path, parse_overrides(overrides) or None)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="TrainConfig as JSON, or a YAML preset (its train: section)")
     parser.add_argument("--run-uri", required=True, help="run URI (file:// or s3://)")
     parser.add_argument("--summary", help="where global rank 0 writes the summary JSON (local path)")
     parser.add_argument("--stop-at-step", type=int, help="end after this step as if stopped (resume later)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the config, key=value")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     cfg = read_config(args.config, args.overrides)
     summary = train(cfg, args.run_uri, stop_at_step=args.stop_at_step, log=lambda msg: print(msg, flush=True))
     if args.summary and int(os.environ.get("RANK", "0")) == 0:
