@@ -1,21 +1,26 @@
-"""Where a flow's part tasks run: threads in the flow's process (default) or a Dask cluster.
+"""Where a flow's part tasks run: threads in the flow's process (default), a Dask or a Ray cluster.
 
 The choice is part of the flow's typed parameters, so a deployment, `lvd curate` and a test pick
 it the same way. `use_task_runner(cfg)` starts (or connects to) the runner once per flow run and
 makes it the one `flows.stages.map_parts` submits every part to; the stage functions do not change.
-Sockets of local clusters bind to 127.0.0.1 unless told otherwise, and a cluster address that
+Sockets of local Dask clusters bind to 127.0.0.1 unless told otherwise; a local Ray cluster listens
+on every interface whatever it is told, so run it where the network holds only trusted hosts (a
+network namespace with loopback alone, or a private cluster network). A cluster address that
 cannot be reached is refused, naming it, before any stage starts.
 """
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _ACTIVE: ContextVar[Any | None] = ContextVar("lvd_task_runner", default=None)
 
@@ -29,34 +34,58 @@ class RunnerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["thread", "dask"] = Field(
-        "thread", description="thread: a thread pool in the flow's process; dask: a Dask cluster's workers.")
+    kind: Literal["thread", "dask", "ray"] = Field(
+        "thread", description="thread: a thread pool in the flow's process; dask: a Dask cluster's workers; "
+        "ray: a Ray cluster's workers.")
     address: str | None = Field(
-        None, description="Scheduler of an existing Dask cluster (tcp://host:8786); None starts a local "
-        "cluster for the run.")
-    n_workers: int = Field(2, ge=1, le=512, description="Worker processes of a local cluster.")
+        None, description="An existing cluster: a Dask scheduler (tcp://host:8786), a Ray head's GCS "
+        "(host:6379) or Ray client server (ray://host:10001); None starts a local cluster for the run.")
+    n_workers: int = Field(2, ge=1, le=512, description="Worker processes of a local Dask cluster; CPUs (parts "
+                           "at a time) of a local Ray cluster.")
     threads_per_worker: int = Field(1, ge=1, le=256, description="Threads per worker of a local Dask cluster.")
     max_workers: int | None = Field(
         None, ge=1, le=1024, description="Threads of the thread runner; None: Prefect's default.")
     host: str = Field("127.0.0.1", min_length=1,
-                      description="Interface a local cluster's scheduler, workers and dashboards bind to "
-                      "(each on a free port).")
+                      description="Interface a local Dask cluster's scheduler, workers and dashboards bind to "
+                      "(each on a free port). A local Ray cluster ignores it and listens on every interface.")
+    object_store_mb: int = Field(
+        256, ge=64, le=1_048_576, description="Shared-memory object store of a local Ray cluster, MiB; parts "
+        "exchange only URIs and small summaries, so little is needed.")
     connect_timeout: float = Field(5.0, gt=0, le=120, description="Seconds to wait for `address` to answer.")
+
+    @model_validator(mode="after")
+    def _address_names_a_host(self) -> "RunnerConfig":
+        if self.address is not None and self.kind != "thread":
+            address_host_port(self.address, default_port(self))
+        return self
+
+
+def default_port(cfg: RunnerConfig) -> int:
+    """Port of `address` when it names none: Dask's scheduler, Ray's client server or GCS."""
+    if cfg.kind == "ray":
+        return 10001 if (cfg.address or "").startswith("ray://") else 6379
+    return 8786
 
 
 def address_host_port(address: str, default_port: int) -> tuple[str, int]:
     """(host, port) of `tcp://h:p`, `h:p` or `h`."""
     parts = urlsplit(address if "://" in address else f"tcp://{address}")
-    if not parts.hostname:
-        raise ValueError(f"runner.address {address!r} names no host")
-    return parts.hostname, parts.port or default_port
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+        parts = None
+    if parts is None or not parts.hostname or address.strip().lower() == "auto":
+        raise ValueError(f"runner.address {address!r} names no host and port (tcp://host:8786, host:6379, "
+                         "ray://host:10001)")
+    return parts.hostname, port or default_port
 
 
 def check_reachable(cfg: RunnerConfig) -> None:
     """Refuse an unreachable cluster address before work starts, naming it."""
     if cfg.kind == "thread" or not cfg.address:
         return
-    host, port = address_host_port(cfg.address, 8786)
+    host, port = address_host_port(cfg.address, default_port(cfg))
     try:
         with socket.create_connection((host, port), timeout=cfg.connect_timeout):
             return
@@ -67,12 +96,15 @@ def check_reachable(cfg: RunnerConfig) -> None:
         ) from None
 
 
-def build_task_runner(cfg: RunnerConfig):
-    """The Prefect task runner `cfg` describes (not started)."""
+def build_task_runner(cfg: RunnerConfig, ray_temp_dir: str | None = None):
+    """The Prefect task runner `cfg` describes (not started); a local Ray cluster keeps its sockets,
+    logs and spill files under `ray_temp_dir`."""
     if cfg.kind == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
         return ThreadPoolTaskRunner(max_workers=cfg.max_workers)
+    if cfg.kind == "ray":
+        return build_ray_runner(cfg, ray_temp_dir)
     from prefect_dask import DaskTaskRunner
 
     if cfg.address:
@@ -84,6 +116,36 @@ def build_task_runner(cfg: RunnerConfig):
     })
 
 
+def build_ray_runner(cfg: RunnerConfig, temp_dir: str | None):
+    """prefect-ray's runner: connected to `address`, or a new local cluster of `n_workers` CPUs in
+    its own temp dir that serves no dashboard and reports no usage."""
+    from prefect_ray import RayTaskRunner
+
+    if cfg.address:
+        return RayTaskRunner(address=cfg.address)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # "local": a new cluster even where RAY_ADDRESS or a running cluster would be picked up instead.
+    init = {"address": "local", "num_cpus": cfg.n_workers, "include_dashboard": False,
+            "object_store_memory": cfg.object_store_mb * 2**20}
+    if temp_dir is not None:
+        init["_temp_dir"] = temp_dir
+    return RayTaskRunner(init_kwargs=init)
+
+
+@contextmanager
+def _local_ray_dir(cfg: RunnerConfig) -> Iterator[str | None]:
+    """A short private directory for a local Ray cluster (its unix sockets must fit in 107 bytes),
+    removed with everything in it when the run ends."""
+    if cfg.kind != "ray" or cfg.address:
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix="lvd-ray-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @contextmanager
 def use_task_runner(cfg: RunnerConfig) -> Iterator[Any | None]:
     """Run the parts of every stage inside this block on `cfg`'s runner (the thread kind keeps
@@ -92,7 +154,7 @@ def use_task_runner(cfg: RunnerConfig) -> Iterator[Any | None]:
     if cfg.kind == "thread" and cfg.max_workers is None:
         yield None
         return
-    with build_task_runner(cfg) as runner:
+    with _local_ray_dir(cfg) as ray_dir, build_task_runner(cfg, ray_dir) as runner:
         token = _ACTIVE.set(runner)
         try:
             yield runner
