@@ -195,6 +195,11 @@ def launch(
             raise LaunchError(f"torchrun exited with {proc.returncode}:\n" + "\n".join(tail))
         if Path(summary_path).exists():
             return json.loads(Path(summary_path).read_text())
-        if plan.nnodes > 1:  # global rank 0 ran on another machine and wrote the run's summary.json
+        if plan.nnodes > 1:  # global rank 0 ran on another machine; it wrote the run's summary.json
+            from storage import uri as su
+
+            written = su.join(run_uri, "summary.json")
+            if stop_at_step is None and su.exists(written):
+                return json.loads(su.read_bytes(written))
             return {"run_uri": run_uri, "node_rank": plan.node_rank, "world_size": plan.world_size}
         raise LaunchError("torchrun exited without a summary")
