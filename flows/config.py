@@ -5,6 +5,8 @@ needs, so `lvd curate --config cpu-tiny` and the `curate-lvd` deployment read th
 """
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.runner import RunnerConfig
@@ -20,6 +22,21 @@ from tasks.shard.config import ShardConfig
 from tasks.train.config import TrainConfig
 
 
+class RefreshConfig(BaseModel):
+    """Build a version on top of an earlier one: crawl only new inputs, dedup them against it, keep its shards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    from_version: str | None = Field(
+        None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
+        description="Version to refresh from: a version name, or `latest` for the published one. "
+        "Empty: a full build from every input.")
+    if_missing: Literal["full", "error"] = Field(
+        "error",
+        description="When from_version names no version yet (a dataset's first scheduled run): `full` builds "
+        "the first version from every input, `error` refuses to start.")
+
+
 class CurateConfig(BaseModel):
     """curate-lvd: crawl -> dedup -> embed -> retrieve -> shards under one dataset version."""
 
@@ -31,6 +48,8 @@ class CurateConfig(BaseModel):
     version: str = Field("v1", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
                          description="Dataset version; a committed version is immutable, a refresh writes a new one. "
                          "`auto` names it after the run's scheduled start (UTC, YYYYMMDD-HHMM).")
+    refresh: RefreshConfig = Field(default_factory=RefreshConfig,
+                                   description="Incremental build on top of an earlier version of this dataset.")
     inputs: list[str] = Field(
         default_factory=list,
         description="Crawl inputs: WARC files (.warc, .warc.gz), HTML files, or text files of page URLs "

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from prefect import flow, get_run_logger
 
 from flows.config import CurateConfig, PipelineConfig
+from flows.refresh import commit_version_inputs, plan_version, previous_stage
 from flows.runner import use_task_runner
 from flows.reporting import publish_curation_report, publish_stage_summary
 from flows.stages import map_parts, prefect_task, run_stage, use_storage, write_stage_config
@@ -34,9 +35,9 @@ def crawl_input_digest(parts: list) -> str:
                           "sizes": {u: storage_uri.file_size(u) for u in files}})
 
 
-def run_crawl(cfg: CurateConfig) -> tuple[str, dict]:
+def run_crawl(cfg: CurateConfig, parts: list[crawl.CrawlPart]) -> tuple[str, dict]:
+    """Crawl the planned parts (in a refresh: the new inputs only, numbered after the parent's)."""
     out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "crawl")
-    parts = crawl.plan_crawl_parts(cfg.inputs, cfg.crawl)
     digest = crawl_input_digest(parts)
     commit = run_stage(
         stage="crawl",
@@ -69,18 +70,19 @@ def run_safety(cfg: CurateConfig, crawl_uri: str) -> tuple[str, dict]:
     return out, commit
 
 
-def run_dedup(cfg: CurateConfig, pool_uri: str) -> tuple[str, dict]:
-    """Hash and describe every pool shard (mapped), then one global search and decision."""
+def run_dedup(cfg: CurateConfig, pool_uri: str, previous: str | None = None) -> tuple[str, dict]:
+    """Hash and describe every pool shard (mapped), then one global search and decision
+    (in a refresh also against the images ``previous`` and its ancestors kept)."""
     out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "dedup")
     embedder = load_copy_embedder(cfg.dedup)
-    prep = prefect_task(dedup.dedup_prepare, name="dedup-prepare")(pool_uri, out, cfg.dedup, embedder)
+    prep = prefect_task(dedup.dedup_prepare, name="dedup-prepare")(pool_uri, out, cfg.dedup, embedder, previous)
     if prep["skip"]:
         get_run_logger().info("dedup: committed with the same config and input, skipping (%s)", out)
         return out, read_commit(out)
     write_stage_config(out, cfg.dedup)
     map_parts("dedup", prep["shards"], lambda shard: dedup.dedup_shard_part(shard, out, cfg.dedup, embedder),
               part_label=basename)
-    commit = prefect_task(dedup.dedup_finalize, name="dedup-finalize")(pool_uri, out, cfg.dedup, embedder)
+    commit = prefect_task(dedup.dedup_finalize, name="dedup-finalize")(pool_uri, out, cfg.dedup, embedder, previous)
     return out, commit
 
 
@@ -112,17 +114,17 @@ def run_embed(cfg: CurateConfig, pool_uri: str, dedup_uri: str) -> tuple[str, di
     return out, commit
 
 
-def run_retrieval(cfg: CurateConfig, embed_uri: str) -> tuple[str, dict]:
+def run_retrieval(cfg: CurateConfig, embed_uri: str, previous: str | None = None) -> tuple[str, dict]:
     out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "retrieve")
     write_stage_config(out, cfg.retrieve)
-    return out, prefect_task(run_retrieve, name="retrieve")(embed_uri, out, cfg.retrieve)
+    return out, prefect_task(run_retrieve, name="retrieve")(embed_uri, out, cfg.retrieve, previous)
 
 
-def run_shards(cfg: CurateConfig, retrieve_uri: str, pool_uri: str) -> tuple[str, dict]:
+def run_shards(cfg: CurateConfig, retrieve_uri: str, pool_uri: str, previous: str | None = None) -> tuple[str, dict]:
     out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "shards")
     write_stage_config(out, cfg.shard)
     commit = prefect_task(write_curated_shards, name="shards")(retrieve_uri, pool_uri, out, cfg.shard,
-                                                                cfg.retrieve.queries)
+                                                                cfg.retrieve.queries, previous)
     return out, commit
 
 
@@ -154,6 +156,10 @@ def curate_lvd(cfg: CurateConfig) -> dict:
     cfg = cfg.model_copy(update={"version": resolve_version(cfg.version)})
     use_storage(cfg.storage)
     check_before_start(cfg)
+    plan = plan_version(cfg)
+    if plan.parent is not None:
+        logger.info("refresh of %s from %s: %d new inputs, %d consumed earlier", cfg.dataset, plan.parent,
+                    len(plan.new), len(plan.consumed))
     stages: dict[str, dict] = {}
 
     def record(name: str, result: tuple[str, dict]) -> str:
@@ -162,13 +168,14 @@ def curate_lvd(cfg: CurateConfig) -> dict:
         return uri
 
     with use_task_runner(cfg.runner):
-        pool_uri = crawl_uri = record("crawl", run_crawl(cfg))
+        record("inputs", commit_version_inputs(cfg, plan))
+        pool_uri = crawl_uri = record("crawl", run_crawl(cfg, plan.parts))
         if safety_enabled(cfg):
             pool_uri = record("safety", run_safety(cfg, crawl_uri))
-        dedup_uri = record("dedup", run_dedup(cfg, pool_uri))
+        dedup_uri = record("dedup", run_dedup(cfg, pool_uri, previous_stage(cfg, plan, "dedup")))
         embed_uri = record("embed", run_embed(cfg, pool_uri, dedup_uri))
-        retrieve_uri = record("retrieve", run_retrieval(cfg, embed_uri))
-        record("shards", run_shards(cfg, retrieve_uri, pool_uri))
+        retrieve_uri = record("retrieve", run_retrieval(cfg, embed_uri, previous_stage(cfg, plan, "retrieve")))
+        record("shards", run_shards(cfg, retrieve_uri, pool_uri, previous_stage(cfg, plan, "shards")))
     publish_latest(cfg.storage.root, cfg.dataset, cfg.version, list(stages))
     publish_stage_summary("curate-lvd", cfg.dataset, cfg.version, stages)
     prefect_task(publish_curation_report, name="report")(cfg.dataset, cfg.version, stages, cfg)

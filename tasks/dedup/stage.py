@@ -28,7 +28,7 @@ from storage.commit import (
 )
 from storage.shards import iter_samples, manifest_shards
 from storage.tables import SCHEMAS, write_table
-from storage.uri import exists, join, write_bytes_atomic
+from storage.uri import basename, exists, join, parent, read_bytes, write_bytes_atomic
 from tasks.dedup import decide
 from tasks.dedup.config import DedupConfig
 from tasks.dedup.decode import decode_rgb, trim_uniform_border
@@ -38,6 +38,7 @@ from tasks.dedup.hamming import hamming_neighbour_pairs, popcount_distance
 from tasks.dedup.knn import build_index, index_description, threshold_edges
 from tasks.dedup.parts import PCA_FILE, dedup_shard_part, load_pca_hash, part_name, read_part
 from tasks.dedup.pca_hash import fit_pca_hash
+from tasks.dedup.previous import PREVIOUS, load_previous, match_previous, read_index_manifest, write_index_manifest
 from tasks.dedup.phash import gray_thumbnails
 from tasks.dedup.unionfind import UnionFind
 
@@ -46,10 +47,15 @@ KEEP_FILE = "keep.parquet"
 GROUPS_FILE = "groups.parquet"
 
 
-def stage_digests(crawl_stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> tuple[str, str]:
-    """(config digest, input digest): the config plus the copy model's identity, and the crawl commit."""
+def stage_digests(crawl_stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None,
+                  previous: str | None = None) -> tuple[str, str]:
+    """(config digest, input digest): the config plus the copy model's identity, and the crawl commit
+    (with the earlier version's dedup commit in a refresh)."""
     model = None if embedder is None else {"model_id": embedder.model_id, "checksum": getattr(embedder, "checksum", "")}
-    return config_digest({"dedup": cfg.model_dump(mode="json"), "copy_model": model}), digest_of_commit(crawl_stage_uri)
+    inputs = digest_of_commit(crawl_stage_uri)
+    if previous is not None:
+        inputs = config_digest({"crawl": inputs, "previous": digest_of_commit(previous)})
+    return config_digest({"dedup": cfg.model_dump(mode="json"), "copy_model": model}), inputs
 
 
 def hash_reason(cfg: DedupConfig) -> str:
@@ -76,23 +82,29 @@ def train_sample(shard_urls: list[str], cfg: DedupConfig) -> np.ndarray:
     return np.stack(thumbs) if thumbs else np.zeros((0, 32, 32), np.uint8)
 
 
-def dedup_prepare(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> dict:
+def dedup_prepare(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None,
+                  previous: str | None = None) -> dict:
     """Check inputs and model, decide skip/resume, train the PCA hash; return the shards to map over.
 
     Returns ``{"skip", "shards", "done", "config_digest", "input_digest"}``. A missing or broken copy
-    model fails here, before any shard is read.
+    model fails here, before any shard is read. In a refresh (``previous``: the earlier version's dedup
+    stage) the PCA hash is the earlier one, so new codes compare with the persisted ones.
     """
     read_commit(crawl_stage_uri)
+    if previous is not None:
+        read_commit(previous)
     if embedder is not None:
         check_embedder(embedder)
     shards = [s.url for s in manifest_shards(crawl_stage_uri)]
-    cfg_digest, input_digest = stage_digests(crawl_stage_uri, cfg, embedder)
+    cfg_digest, input_digest = stage_digests(crawl_stage_uri, cfg, embedder, previous)
     plan = begin_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest)
     out = {"skip": plan.skip, "shards": shards, "done": sorted(plan.done), "config_digest": cfg_digest,
            "input_digest": input_digest}
     if plan.skip:
         return out
-    if cfg.hash_method == "pca" and not (plan.done and exists(join(stage_uri, PCA_FILE))):
+    if cfg.hash_method == "pca" and previous is not None:
+        write_bytes_atomic(join(stage_uri, PCA_FILE), read_bytes(join(previous, PCA_FILE)))
+    elif cfg.hash_method == "pca" and not (plan.done and exists(join(stage_uri, PCA_FILE))):
         thumbs = train_sample(shards, cfg)
         if len(thumbs) <= cfg.hash_bits:
             raise ValueError(
@@ -187,12 +199,14 @@ def _eval_matches(stage_uri, parts, offsets, n, eval_desc) -> tuple[np.ndarray, 
     return sim, idx
 
 
-def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> dict:
-    """Link duplicates over all parts, decide what survives, write keep/groups tables and commit.
+def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None,
+                   previous: str | None = None) -> dict:
+    """Link duplicates over all parts, decide what survives, write keep/groups tables and the index
+    manifest, and commit. In a refresh the survivors are then matched against ``previous``'s index.
 
     Returns the commit record (its ``counts`` hold the number removed per reason).
     """
-    cfg_digest, input_digest = stage_digests(crawl_stage_uri, cfg, embedder)
+    cfg_digest, input_digest = stage_digests(crawl_stage_uri, cfg, embedder, previous)
     plan = begin_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest)
     if plan.skip:
         return plan.commit
@@ -254,19 +268,40 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
     score[crows] = np.minimum(best_sim[crows], 1.0)
     score[dropped] = np.minimum(cause_sim[dropped], 1.0)
 
-    counts = _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, eval_ids)
+    earlier_rep = np.full(n, None, dtype=object)
+    previous_rows: list[dict] = []
+    matched: dict = {}
+    if previous is not None:
+        previous_rows = read_index_manifest(previous)
+        dim = int(embedder.dim) if embedder is not None else 0
+        index = load_previous(previous_rows, pool["codes"].shape[1], dim)
+        descs = (np.concatenate([read_part(stage_uri, p)[2] for p in parts]) if parts and dim
+                 else np.zeros((n, 0), np.float32))
+        found = match_previous(np.array([r is None for r in reasons], dtype=bool), pool["sha"], pool["codes"],
+                               descs, index, cfg, hash_reason(cfg), copy_thr)
+        reasons[found.matched] = PREVIOUS
+        earlier_rep[found.matched] = found.representative[found.matched]
+        score[found.matched] = found.score[found.matched]
+        matched = {"from": previous, "index_parts": index.parts, "index_images": len(index),
+                   "matched": found.counts()}
+
+    counts = _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, eval_ids, earlier_rep)
+    kept = np.array([r is None for r in reasons], dtype=bool)
+    index_parts = write_index_manifest(stage_uri, basename(parent(stage_uri)), parts, kept, pool["offsets"],
+                                       previous_rows)
     extra = {
         "copy_model": None if embedder is None else embedder.model_id,
         "copy_threshold": copy_thr, "eval_threshold": eval_thr, "index": index_kind,
         "hash": cfg.hash_method, "hash_bits": cfg.code_bits if cfg.hash_method != "none" else 0,
         "eval_images": len(eval_ids), "eval_images_undecodable": eval_skipped,
         "pca_digest": load_pca_hash(stage_uri).digest() if cfg.hash_method == "pca" else None,
+        "index_parts": index_parts, "previous_version": matched or None,
     }
     return commit_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest,
                         counts=counts, extra=extra, require_parts=parts)
 
 
-def _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, eval_ids) -> dict:
+def _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, eval_ids, earlier_rep) -> dict:
     n = len(labels)
     keys, shards = pool["keys"], pool["shards"]
     kept = np.array([r is None for r in reasons], dtype=bool)
@@ -282,7 +317,8 @@ def _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, 
         "kept": kept.tolist(),
         "reason": reasons.tolist(),
         "group_id": [g if g >= 0 else None for g in group_id.tolist()],
-        "representative": [keys[r] if (r >= 0 and not kept[i]) else None for i, r in enumerate(rep.tolist())],
+        "representative": [earlier_rep[i] if earlier_rep[i] is not None else keys[r] if (r >= 0 and not kept[i])
+                           else None for i, r in enumerate(rep.tolist())],
         "score": [None if math.isnan(s) else s for s in score.tolist()],
         "eval_image": eval_name.tolist(),
         "error": pool["errors"],
@@ -305,18 +341,19 @@ def _write_tables(stage_uri, pool, labels, rep, reasons, score, dropped, cause, 
         })
     write_table(join(stage_uri, GROUPS_FILE), groups, SCHEMAS["dedup.groups"])
     counts = {"pool": int(n), "kept": int(kept.sum()), "groups": len(groups)}
-    for reason in (decide.SHA256, "pca-hash", "phash", decide.COPY, decide.EVAL_SET, decide.CORRUPT):
+    for reason in (decide.SHA256, "pca-hash", "phash", decide.COPY, decide.EVAL_SET, decide.CORRUPT, PREVIOUS):
         c = int(sum(1 for r in reasons.tolist() if r == reason))
         if c:
             counts[f"removed_{reason}"] = c
     return counts
 
 
-def run_dedup(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None) -> dict:
+def run_dedup(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None,
+              previous: str | None = None) -> dict:
     """Prepare, every shard part in order, finalize: the whole stage in one process."""
-    prep = dedup_prepare(crawl_stage_uri, stage_uri, cfg, embedder)
+    prep = dedup_prepare(crawl_stage_uri, stage_uri, cfg, embedder, previous)
     if prep["skip"]:
         return read_commit(stage_uri)
     for shard in prep["shards"]:
         dedup_shard_part(shard, stage_uri, cfg, embedder)
-    return dedup_finalize(crawl_stage_uri, stage_uri, cfg, embedder)
+    return dedup_finalize(crawl_stage_uri, stage_uri, cfg, embedder, previous)

@@ -14,7 +14,15 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from storage.commit import begin_stage, commit_stage, config_digest, digest_of_commit, is_committed, read_commit
+from storage.commit import (
+    StageNotCommitted,
+    begin_stage,
+    commit_stage,
+    config_digest,
+    digest_of_commit,
+    is_committed,
+    read_commit,
+)
 from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import join, read_bytes, write_bytes_atomic
 from tasks.embed.run import EmbeddingMismatch, Embeddings, load_pool_embeddings, load_query_embeddings
@@ -118,12 +126,22 @@ def select(pool: Embeddings, queries: dict[str, Embeddings], cfg: RetrieveConfig
     return merge_picks(picks, caps, cfg.min_similarity, cfg.max_total), info
 
 
-def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig) -> dict:
-    """Run (or skip, if already committed with this config and input) the retrieval stage; returns its commit."""
+def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig, previous: str | None = None) -> dict:
+    """Run (or skip, if already committed with this config and input) the retrieval stage; returns its commit.
+
+    ``previous`` (a refresh: the earlier version's retrieve stage) selects among the new pool images
+    only, against the earlier centroids and per-query bars (see ``tasks.retrieve.incremental``).
+    """
     input_digest = digest_of_commit(embed_stage_uri)
+    if previous is not None:
+        input_digest = config_digest({"embed": input_digest, "previous": digest_of_commit(previous)})
     digest = config_digest(cfg)
     if is_committed(stage_uri):  # same digests: skip; other digests: StageConflict
         return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest).commit
+    if previous is not None:
+        from tasks.retrieve.incremental import run_refresh_retrieve
+
+        return run_refresh_retrieve(embed_stage_uri, stage_uri, cfg, previous, digest, input_digest)
     embed_commit, pool, queries = load_inputs(embed_stage_uri, cfg)
     begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest)
     start = time.perf_counter()
@@ -146,21 +164,8 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig) -> d
             q_labels, _ = assign(queries[qs.name].vectors, centroids)
             as_is.append((qs.name, queries[qs.name], q_labels))
     write_bytes_atomic(join(stage_uri, "centroids.npy"), _npy_bytes(centroids.astype(np.float32)))
-    write_table(
-        join(stage_uri, "assignments.parquet"),
-        pa.table({"key": pa.array(pool.keys, pa.string()), "shard": pa.array(pool.shards, pa.string()),
-                  "cluster": pa.array(labels, pa.int64()), "similarity": pa.array(pool_sims, pa.float32())}),
-        SCHEMAS["retrieve.assignments"],
-    )
-    table = _selection_table(pool, sel, labels, queries, as_is)
-    write_table(join(stage_uri, "selection.parquet"), table, SCHEMAS["retrieve.selection"])
-    stats = [dict(s, selected=s["selected"]) for s in sel.stats]
-    for name, q, _ in as_is:
-        stats.append({"dataset": name, "rule": "as-is", "queries": len(q), "candidates": len(q), "capped": 0,
-                      "collisions": 0, "selected": len(q)})
-    ds_rows = [{k: (s[k] if k in ("dataset", "rule") else int(s[k])) for k in SCHEMAS["retrieve.datasets"].names}
-               for s in stats]
-    write_table(join(stage_uri, "datasets.parquet"), ds_rows, SCHEMAS["retrieve.datasets"])
+    stats = write_outputs(stage_uri, pool, sel, labels, pool_sims, queries, as_is)
+    state = write_refresh_state(stage_uri, sel, labels, centroids.shape[0], {}, None)
     sizes = np.bincount(labels, minlength=centroids.shape[0])
     return commit_stage(
         stage_uri,
@@ -184,8 +189,61 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig) -> d
             "index": index_info,
             "datasets": stats,
             "dropped_by_max_total": sel.dropped_total_cap,
+            "centroids": join(stage_uri, "centroids.npy"),
+            **state,
         },
     )
+
+
+def write_outputs(stage_uri: str, pool: Embeddings, sel: Selection, labels: np.ndarray, pool_sims: np.ndarray,
+                  queries: dict[str, Embeddings], as_is: list) -> list[dict]:
+    """assignments, selection and datasets tables; returns the per-dataset stats."""
+    write_table(
+        join(stage_uri, "assignments.parquet"),
+        pa.table({"key": pa.array(pool.keys, pa.string()), "shard": pa.array(pool.shards, pa.string()),
+                  "cluster": pa.array(labels, pa.int64()), "similarity": pa.array(pool_sims, pa.float32())}),
+        SCHEMAS["retrieve.assignments"],
+    )
+    table = _selection_table(pool, sel, labels, queries, as_is)
+    write_table(join(stage_uri, "selection.parquet"), table, SCHEMAS["retrieve.selection"])
+    stats = [dict(s, selected=s["selected"]) for s in sel.stats]
+    for name, q, _ in as_is:
+        stats.append({"dataset": name, "rule": "as-is", "queries": len(q), "candidates": len(q), "capped": 0,
+                      "collisions": 0, "selected": len(q)})
+    ds_rows = [{k: (s[k] if k in ("dataset", "rule") else int(s[k])) for k in SCHEMAS["retrieve.datasets"].names}
+               for s in stats]
+    write_table(join(stage_uri, "datasets.parquet"), ds_rows, SCHEMAS["retrieve.datasets"])
+    return stats
+
+
+def state_uri(stage_uri: str, kind: str, dataset: str) -> str:
+    return join(stage_uri, "state", f"{kind}-{dataset}.npy")
+
+
+def write_refresh_state(stage_uri: str, sel: Selection, labels: np.ndarray, n_clusters: int,
+                        earlier: dict, previous: str | None) -> dict:
+    """What a later refresh needs, counted over this version and its ancestors: each sample-rule query's
+    N best similarities, each cluster-rule dataset's images taken per cluster, images selected per dataset."""
+    selected = dict(earlier.get("selected_so_far") or {})
+    for i, picks in enumerate(sel.datasets):
+        won = sel.pool_rows[sel.dataset_index == i]
+        selected[picks.dataset] = selected.get(picks.dataset, 0) + int(len(won))
+        if picks.topk is not None:
+            write_bytes_atomic(state_uri(stage_uri, "topk", picks.dataset), _npy_bytes(picks.topk))
+        if picks.rule == "cluster":
+            taken = np.bincount(labels[won], minlength=n_clusters).astype(np.int64)
+            if previous is not None:
+                taken += read_state(previous, "taken", picks.dataset, np.zeros(n_clusters, np.int64))
+            write_bytes_atomic(state_uri(stage_uri, "taken", picks.dataset), _npy_bytes(taken))
+    return {"selected_so_far": selected,
+            "selected_total": int(earlier.get("selected_total") or 0) + int(len(sel.pool_rows))}
+
+
+def read_state(stage_uri: str, kind: str, dataset: str, default: np.ndarray) -> np.ndarray:
+    try:
+        return np.load(io.BytesIO(read_bytes(state_uri(stage_uri, kind, dataset))), allow_pickle=False)
+    except FileNotFoundError:
+        return default
 
 
 def read_selection(stage_uri: str) -> pa.Table:
@@ -195,5 +253,9 @@ def read_selection(stage_uri: str) -> pa.Table:
 
 
 def read_centroids(stage_uri: str) -> np.ndarray:
-    """``centroids.npy`` of a retrieve stage."""
-    return np.load(io.BytesIO(read_bytes(join(stage_uri, "centroids.npy"))), allow_pickle=False)
+    """The centroids a retrieve stage used: its ``centroids.npy``, or in a refresh the earlier file its commit names."""
+    try:
+        uri = read_commit(stage_uri).get("extra", {}).get("centroids") or join(stage_uri, "centroids.npy")
+    except StageNotCommitted:
+        uri = join(stage_uri, "centroids.npy")
+    return np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)

@@ -27,13 +27,16 @@ class Picks:
     similarity: np.ndarray  # float32 cosine similarity
     queries: int = 0
     stats: dict = field(default_factory=dict)
+    # sample rule: each query's k best similarities (queries x k, -inf where the pool ran out), the bar a
+    # later refresh's new images must clear
+    topk: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.pool_rows.shape[0])
 
     def take(self, mask_or_idx: np.ndarray) -> "Picks":
         return Picks(self.dataset, self.rule, self.pool_rows[mask_or_idx], self.query_rows[mask_or_idx],
-                     self.similarity[mask_or_idx], self.queries, dict(self.stats))
+                     self.similarity[mask_or_idx], self.queries, dict(self.stats), self.topk)
 
 
 def _empty(dataset: str, rule: str, queries: int) -> Picks:
@@ -46,8 +49,24 @@ def sample_rule(qs: QuerySetConfig, queries: np.ndarray, index: BuiltIndex) -> P
     sims, ids = index.search(queries, k)
     qrows = np.repeat(np.arange(queries.shape[0], dtype=np.int64), k)
     picks = Picks(qs.name, "sample", ids.reshape(-1).astype(np.int64), qrows, sims.reshape(-1).astype(np.float32),
-                  queries.shape[0])
+                  queries.shape[0], topk=np.where(ids >= 0, sims, -np.inf).astype(np.float32))
     return picks.take(picks.pool_rows >= 0)
+
+
+def sample_rule_after(qs: QuerySetConfig, queries: np.ndarray, index: BuiltIndex, earlier: np.ndarray) -> Picks:
+    """The sample rule in a refresh: a new image is picked for a query when it ranks among the query's
+    N best over the earlier pools (``earlier``: their N best similarities per query) and this one,
+    so a refresh adds what a rebuild over every version would pick, and earlier picks stay."""
+    k = min(qs.n_neighbours, index.index.ntotal)
+    sims, ids = index.search(queries, k)
+    sims = np.where(ids >= 0, sims, -np.inf).astype(np.float32)
+    both = np.concatenate([earlier.astype(np.float32), sims], axis=1)
+    order = np.argsort(-both, axis=1, kind="stable")[:, : qs.n_neighbours]  # ties keep the earlier image
+    new = (order >= earlier.shape[1]) & np.isfinite(np.take_along_axis(both, order, axis=1))
+    qrows, slots = np.nonzero(new)
+    cols = order[qrows, slots] - earlier.shape[1]
+    return Picks(qs.name, "sample", ids[qrows, cols].astype(np.int64), qrows.astype(np.int64),
+                 sims[qrows, cols], queries.shape[0], topk=np.take_along_axis(both, order, axis=1))
 
 
 def cluster_rule(
@@ -57,10 +76,13 @@ def cluster_rule(
     centroids: np.ndarray,
     pool_labels: np.ndarray,
     seed: int = 0,
+    taken: np.ndarray | None = None,
 ) -> Picks:
     """M random pool images from every cluster holding more than ``min_queries_per_cluster`` queries.
 
-    Each pick is credited to the query of that cluster it is most similar to.
+    Each pick is credited to the query of that cluster it is most similar to. ``taken`` (per cluster:
+    images earlier versions already took from it) lowers each cluster's M, so a refresh fills clusters
+    up to M instead of adding M more.
     """
     q_labels, _ = assign(queries, centroids)
     counts = np.bincount(q_labels, minlength=centroids.shape[0])
@@ -70,11 +92,12 @@ def cluster_rule(
     pool_rows, query_rows, sims = [], [], []
     for c in qualifying:
         members = order[bounds[c] : bounds[c + 1]]
-        if members.size == 0:
+        quota = qs.per_cluster - (int(taken[c]) if taken is not None else 0)
+        if members.size == 0 or quota <= 0:
             continue
-        if members.size > qs.per_cluster:
+        if members.size > quota:
             rng = np.random.default_rng([seed, int(c)])
-            members = np.sort(rng.choice(members, qs.per_cluster, replace=False))
+            members = np.sort(rng.choice(members, quota, replace=False))
         q_in = np.flatnonzero(q_labels == c)
         s = pool[members] @ queries[q_in].T
         best = np.argmax(s, axis=1)

@@ -28,7 +28,7 @@ from storage.commit import (
     part_done,
     read_commit,
 )
-from storage.shards import ShardInfo, ShardWriter, iter_samples, write_manifest
+from storage.shards import ShardInfo, ShardWriter, iter_samples, manifest_shards, write_manifest
 from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import join
 from tasks.retrieve.config import QuerySetConfig
@@ -131,18 +131,25 @@ def write_curated_shards(
     stage_uri: str,
     cfg: ShardConfig,
     query_sets: list[QuerySetConfig] = (),
+    previous: str | None = None,
 ) -> dict:
     """Write (or skip, if committed with this config and input) the curated shards; returns the commit.
 
     ``pool_stage_uri`` is the crawl stage holding the pool shards; ``query_sets`` must include every
-    set whose images join as-is.
+    set whose images join as-is. In a refresh, ``previous`` is the earlier version's shards stage: its
+    manifest rows are carried over unchanged (their URLs stay in that immutable version) and the new
+    selection goes into new shards numbered after them, so keys stay unique across versions.
     """
     input_digest = digest_of_commit(retrieve_stage_uri)
+    if previous is not None:
+        input_digest = config_digest({"retrieve": input_digest, "previous": digest_of_commit(previous)})
     digest = config_digest({"shard": cfg.model_dump(mode="json"), "as_is_sources": {q.name: q.uri for q in query_sets}})
     if is_committed(stage_uri):  # same digests: skip; other digests: StageConflict
         return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest).commit
+    carried = manifest_shards(previous) if previous is not None else []
+    first = int(read_commit(previous).get("extra", {}).get("next_shard", len(carried))) if previous else 0
     rows = read_selection(retrieve_stage_uri).to_pylist()
-    if not rows:
+    if not rows and previous is None:
         raise ValueError(f"{retrieve_stage_uri}: the selection is empty, nothing to shard")
     sets = {q.name: q for q in query_sets}
     missing = sorted({r["query_dataset"] for r in rows if r["source"] == "query"} - set(sets))
@@ -158,7 +165,7 @@ def write_curated_shards(
     samples: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="lvd-scatter-", dir=os.environ.get("LVD_SPOOL_DIR")) as tmp:
         _scatter(rows, pool_stage_uri, sets, buckets, tmp)
-        state = {"shard": 0, "writer": None, "pending": []}
+        state = {"shard": first, "writer": None, "pending": []}
 
         def close_current() -> None:
             writer, number = state["writer"], state["shard"]
@@ -206,18 +213,22 @@ def write_curated_shards(
             del items
         if state["count"]:
             close_current()
-    write_manifest(stage_uri, infos)
+    write_manifest(stage_uri, carried + infos)
     write_table(join(stage_uri, "samples.parquet"), samples, SCHEMAS["shards.samples"])
     composition = _composition_rows(retrieve_stage_uri, samples)
     write_table(join(stage_uri, "composition.parquet"), composition, SCHEMAS["shards.composition"])
+    every = carried + infos
     return commit_stage(
         stage_uri,
         stage=STAGE,
         config_digest=digest,
         input_digest=input_digest,
-        counts={"samples": len(samples), "shards": len(infos), "bytes": int(sum(i.nbytes for i in infos))},
-        extra={"composition": composition},
-        require_parts=[f"{cfg.prefix}-{i:06d}" for i in range(len(infos))],
+        counts={"samples": int(sum(i.nsamples for i in every)), "shards": len(every),
+                "bytes": int(sum(i.nbytes for i in every)), "added_samples": len(samples),
+                "added_shards": len(infos), "added_bytes": int(sum(i.nbytes for i in infos)),
+                "reused_shards": len(carried)},
+        extra={"composition": composition, "next_shard": first + len(infos), "previous": previous},
+        require_parts=[f"{cfg.prefix}-{i:06d}" for i in range(first, first + len(infos))],
     )
 
 
