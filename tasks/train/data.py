@@ -10,6 +10,10 @@ A slot's position is (epoch, shard index in its list, sample offset in the permu
 batch carries the position after it, and :class:`ResumableLoader` keeps the positions of the
 batches actually consumed, so a checkpoint resumes the exact sample order (and, since crop and
 mask randomness is seeded from the position, the exact crops and masks).
+
+Pretraining reads its batches through :mod:`tasks.train.global_batches`, which builds on the
+sources and :func:`plan_epoch` here so that a step's global batch does not depend on the number of
+processes; :class:`ResumableLoader` serves single-process distillation.
 """
 
 from __future__ import annotations
