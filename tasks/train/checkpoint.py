@@ -3,8 +3,9 @@
 Layout under ``{run}/checkpoints/``::
 
     step-000100/  .metadata, __0_0.distcp ...   model (student, teacher, heads, centers) + optimizer
-                  extra-rank0.pt ...            per-rank: data position and RNG states
-                  _COMPLETE.json                written last: step, world size, files
+                  extra-rank0.pt ...            per-rank: RNG states
+                  _COMPLETE.json                written last: step, world size, files, and the run's
+                                                own meta (training phase, data position)
 
 Model and optimizer go through ``get_state_dict``/``set_state_dict`` (full, unsharded keys), so
 a checkpoint written by N processes loads in M. Nothing is visible under ``step-*`` without its
