@@ -15,7 +15,8 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import fsspec
@@ -30,6 +31,10 @@ _fs_cache: dict[tuple, fsspec.AbstractFileSystem] = {}
 _sessions: dict[tuple, object] = {}
 _fs_lock = threading.Lock()
 _local_fs = LocalFileSystem()
+# Called as gate(uri, action) before every S3 request made here (a shared request rate, for instance).
+RequestGate = Callable[[str, str], None]
+_gates: Counter = Counter()
+_gates_lock = threading.Lock()
 
 
 class StorageError(RuntimeError):
@@ -208,8 +213,33 @@ def _is_unreachable(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
+def request_gate(gate: RequestGate) -> Iterator[None]:
+    """Pass every S3 request of this process through ``gate`` inside the block. Installing an equal gate
+    again (parts running side by side) keeps one, so a request is never counted twice."""
+    with _gates_lock:
+        _gates[gate] += 1
+    try:
+        yield
+    finally:
+        with _gates_lock:
+            _gates[gate] -= 1
+            if _gates[gate] <= 0:
+                del _gates[gate]
+
+
+def _pass_gates(uri: str, action: str) -> None:
+    with _gates_lock:
+        gates = list(_gates)
+    for gate in gates:
+        gate(uri, action)
+
+
+@contextlib.contextmanager
 def guard(uri: str, action: str) -> Iterator[None]:
-    """Turn low-level client failures into errors that name the URI, the action and the endpoint."""
+    """Turn low-level client failures into errors that name the URI, the action and the endpoint;
+    S3 requests wait for the installed request gates first."""
+    if _gates and scheme_of(uri) == "s3":
+        _pass_gates(uri, action)
     try:
         yield
     except (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, ValueError, TypeError):

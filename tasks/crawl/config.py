@@ -5,7 +5,45 @@ from __future__ import annotations
 import ipaddress
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class GlobalLimitsConfig(BaseModel):
+    """Limits that hold across every worker process of a crawl, kept by the Prefect server.
+
+    Each worker also keeps its own per-process limits; these come on top, because several workers
+    crawling parts at once would otherwise each send `max_per_host` requests to the same host.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["local", "prefect"] = Field(
+        "local",
+        description="local: per-process limits only; prefect: also Prefect global concurrency limits shared by "
+        "all workers (needs PREFECT_API_URL pointing at a server every worker reaches).",
+    )
+    host_key: Literal["host", "domain"] = Field(
+        "host",
+        description="What one global per-host limit covers: the host name (all ports and schemes), or the "
+        "registrable domain (img1.cdn.com and img2.cdn.com share one limit).",
+    )
+    acquire_timeout: float = Field(
+        120.0, gt=0, le=3600,
+        description="Seconds a request waits for a global slot; then the URL fails with reason "
+        "global_limit_timeout.",
+    )
+    s3_requests_per_second: float | None = Field(
+        None, gt=0, le=100_000,
+        description="S3 requests per second of all crawl parts together (input reads, shard and record uploads); "
+        "None: not rate limited. Needs mode prefect.",
+    )
+
+    @model_validator(mode="after")
+    def _rate_needs_prefect(self) -> "GlobalLimitsConfig":
+        if self.s3_requests_per_second is not None and self.mode != "prefect":
+            raise ValueError("global_limits.s3_requests_per_second needs global_limits.mode 'prefect' "
+                             "(a rate shared by all workers is kept by the Prefect server)")
+        return self
 
 
 class CrawlConfig(BaseModel):
@@ -73,6 +111,10 @@ class CrawlConfig(BaseModel):
     )
     max_concurrency: int = Field(64, ge=1, le=10_000, description="Requests in flight at once, all hosts together.")
     max_per_host: int = Field(4, ge=1, le=1_000, description="Requests in flight at once to one host (host:port).")
+    global_limits: GlobalLimitsConfig = Field(
+        default_factory=GlobalLimitsConfig,
+        description="Per-host concurrency and S3 request rate shared by all workers through Prefect.",
+    )
     connect_timeout: float = Field(5.0, gt=0, le=300, description="Seconds to open a TCP connection.")
     read_timeout: float = Field(10.0, gt=0, le=600, description="Seconds without a byte before a read times out.")
     request_timeout: float = Field(30.0, gt=0, le=3600, description="Seconds for one whole request, body included.")

@@ -7,6 +7,8 @@ import asyncio
 import random
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -17,10 +19,12 @@ import aiohttp
 from tasks.crawl import reasons
 from tasks.crawl.config import CrawlConfig
 from tasks.crawl.filters import UrlPolicy
+from tasks.crawl.shared_limits import SharedHostLimits
 from tasks.crawl.imaging import sniff_mime, sniff_unsupported
 from tasks.crawl.netguard import AddressPolicy, BlockedAddress, GuardedResolver
 from tasks.crawl.robots import parse_robots, x_robots_opt_out
 from tasks.crawl.urls import InvalidURL, host_of, origin, resolve_url
+from tasks.global_limits import GlobalLimitError, GlobalLimitTimeout
 
 Accept = Literal["image", "html", "robots"]
 _REDIRECTS = {301, 302, 303, 307, 308}
@@ -87,6 +91,7 @@ class Fetcher:
         self.rng = rng or random.Random(0)
         self._global = asyncio.Semaphore(cfg.max_concurrency)
         self._per_host: dict[str, asyncio.Semaphore] = defaultdict(lambda: asyncio.Semaphore(cfg.max_per_host))
+        self._shared = SharedHostLimits(cfg)
         self._robots: dict[str, asyncio.Future] = {}
         self.session: aiohttp.ClientSession | None = None
         self.requests = 0
@@ -109,9 +114,11 @@ class Fetcher:
             auto_decompress=True,
             trust_env=False,
         )
+        await self._shared.__aenter__()
         return self
 
     async def __aexit__(self, *exc) -> None:
+        await self._shared.__aexit__(*exc)
         if self.session is not None:
             await self.session.close()
 
@@ -222,7 +229,9 @@ class Fetcher:
     async def _one_request(self, url: str, accept: Accept, result: FetchResult) -> str | None:
         assert self.session is not None
         site = origin(url)
-        async with self._per_host[site], self._global:
+        # process host slot, then the host slot shared by all workers, then the process-wide slot: a request
+        # waiting for a busy host never holds a slot other hosts' requests need
+        async with self._per_host[site], self._shared_slot(url), self._global:
             self.requests += 1
             try:
                 async with self.session.get(url, allow_redirects=False) as resp:
@@ -254,6 +263,18 @@ class Fetcher:
             except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError) as exc:
                 raise _Retry(_failed(reasons.CONNECTION_ERROR, f"{type(exc).__name__}: {str(exc)[:160]}"), None) \
                     from None
+
+    @asynccontextmanager
+    async def _shared_slot(self, url: str) -> AsyncIterator[None]:
+        """The host's slot across all workers; no slot in time is a failed fetch with its reason."""
+        async with AsyncExitStack() as stack:
+            try:
+                await stack.enter_async_context(self._shared.slot(url))
+            except GlobalLimitTimeout as exc:
+                raise _failed(reasons.GLOBAL_LIMIT_TIMEOUT, str(exc)[:300]) from None
+            except GlobalLimitError as exc:
+                raise _failed(reasons.GLOBAL_LIMIT_ERROR, str(exc)[:300]) from None
+            yield
 
     def _check_headers(self, resp: aiohttp.ClientResponse, accept: Accept) -> None:
         ctype = resp.headers.get("Content-Type", "").split(";")[0].strip().lower()

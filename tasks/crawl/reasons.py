@@ -34,6 +34,8 @@ TOO_MANY_REDIRECTS = "too_many_redirects"
 BAD_REDIRECT = "bad_redirect"
 WORKER_CRASHED = "worker_crashed"
 INTERNAL_ERROR = "internal_error"
+GLOBAL_LIMIT_TIMEOUT = "global_limit_timeout"  # no shared per-host slot came free in time
+GLOBAL_LIMIT_ERROR = "global_limit_error"  # the Prefect server could not keep the shared per-host limit
 # page-level (URL-list inputs)
 NOT_HTML = "not_html"
 
