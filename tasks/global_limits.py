@@ -111,6 +111,9 @@ def ensure_limit(name: str, limit: int, slot_decay_per_second: float = 0.0) -> N
     """`aensure_limit` for synchronous callers (also from a thread that runs an event loop)."""
     from prefect.utilities.asyncutils import run_coro_as_sync
 
+    with _ensured_lock:
+        if _ensured.get(name) == (limit, float(slot_decay_per_second)):
+            return
     run_coro_as_sync(aensure_limit(name, limit, slot_decay_per_second))
 
 
@@ -122,8 +125,8 @@ def _forget(name: str) -> None:
 
 def _poll_delay(attempt: int, rng: random.Random) -> float:
     """Short jittered waits between tries. Prefect's own `concurrency()` waits out the server's Retry-After,
-    which starts from a 2 s average occupancy and grows with every denial: requests that hold a slot for a
-    tenth of a second then spend most of their time asleep (measured: 3.5x slower on two workers)."""
+    which starts from a 2 s average occupancy and grows with every denial, and renews each lease from a new
+    thread: two workers sending 80 requests of 0.1 s under a limit of 2 took 14 s with it, 7 s this way."""
     return min(POLL_MAX_SECONDS, POLL_FIRST_SECONDS * 2**attempt) * (0.5 + rng.random())
 
 
@@ -224,7 +227,8 @@ class RateGate:
         from prefect.concurrency.sync import rate_limit
 
         try:
-            require_shared_server("the S3 request rate limit")
+            require_shared_server("the S3 request rate limit")  # this thread may lack the run's settings
+            ensure_limit(self.name, rate_limit_size(self.requests_per_second), self.requests_per_second)
         except GlobalLimitError as exc:
             raise StorageError(f"{action} {uri}: {exc}") from None
         try:
@@ -240,6 +244,7 @@ class RateGate:
 
 def s3_rate_gate(requests_per_second: float, timeout: float) -> RateGate:
     """The gate for the shared S3 request rate, its limit created or corrected on the server."""
+    require_shared_server("the S3 request rate limit")
     gate = RateGate(S3_REQUESTS, requests_per_second, timeout)
     ensure_limit(gate.name, rate_limit_size(requests_per_second), requests_per_second)
     return gate

@@ -22,8 +22,9 @@ from tasks.global_limits import (
 )
 
 SETTING = "crawl.global_limits.mode='prefect'"
-# A lease must outlast the longest request (request_timeout bounds it, body included).
-LEASE_MARGIN_SECONDS = 30.0
+# A slot's lease must outlast the request holding it (request_timeout, plus any wait for the process's own
+# request slots); if a worker dies holding slots, they come back when their leases end.
+LEASE_FLOOR_SECONDS = 300.0
 
 
 class SharedHostLimits:
@@ -35,7 +36,7 @@ class SharedHostLimits:
         self.shared = cfg.global_limits.mode == "prefect"
         if self.shared:
             require_shared_server(SETTING)
-        self._slots = GlobalSlots(cfg.request_timeout + LEASE_MARGIN_SECONDS) if self.shared else None
+        self._slots = GlobalSlots(max(LEASE_FLOOR_SECONDS, 2 * cfg.request_timeout)) if self.shared else None
 
     async def __aenter__(self) -> "SharedHostLimits":
         if self._slots is not None:
