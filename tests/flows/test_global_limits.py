@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.slow
 
 HOST = "busy.example.org"
 PER_HOST = 2
+log = logging.getLogger(__name__)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +109,8 @@ def test_two_dask_workers_keep_the_per_host_limit_only_when_it_is_global(prefect
     assert (counts["parts"], counts["images"], counts["ok"]) == (4, images, images), counts
     peak = busy_web.counts.peak[HOST]
     seen = busy_web.counts.requests[HOST]
+    log.info("global_limits.mode=%s: %s saw at most %d of %d requests at once; crawl flow %.1f s",
+             mode, HOST, peak, seen, elapsed)
     assert seen >= images + busy_web.pages
     if mode == "prefect":
         assert peak == PER_HOST, f"{HOST} saw {peak} requests at once across 2 workers ({elapsed:.0f} s)"
@@ -156,6 +160,7 @@ def test_s3_requests_keep_the_shared_rate(prefect_api, s3_root):
     unlimited = _timed_writes(join(s3_root, "free"), n)
     with s3_request_rate(rate, timeout=60):
         limited = _timed_writes(join(s3_root, "rated"), n)
+    log.info("%d S3 PUTs from 2 threads: %.2f s unlimited, %.2f s at %g/s", 2 * n, unlimited, limited, rate)
     # one second's burst, then the rate: 20 PUTs at 5/s take at least 3 s however many threads send them
     floor = (2 * n - rate_limit_size(rate)) / rate
     assert limited >= 0.9 * floor, (limited, floor)
