@@ -26,6 +26,8 @@ from storage.uri import join, read_bytes
 from storage.versions import (
     CORE_STAGES,
     INPUTS_STAGE,
+    NoNewInputs,
+    RefreshRefused,
     commit_inputs,
     input_fingerprint,
     missing_stages,
@@ -38,14 +40,6 @@ from tasks.crawl.sources import expand_inputs
 
 EMBEDDER_FIELDS = ("backbone", "features", "image_size", "resize_ratio")
 DETECTOR_FIELDS = ("exact", "hash_method", "hash_bits", "copy_model", "copy_resize")
-
-
-class RefreshRefused(ValueError):
-    """A refresh that cannot build on the version it names; nothing has been written."""
-
-
-class NoNewInputs(RefreshRefused):
-    """Every input was consumed by an earlier version."""
 
 
 @dataclass

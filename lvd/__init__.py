@@ -2,8 +2,9 @@
 
 ``lvd.load(uri)`` returns a trained backbone (a plain ``torch.nn.Module`` with ``forward_features``)
 from a run, a checkpoint directory, an ``lvd export`` file or official DINOv2 weights;
-``lvd.export(uri, out)`` writes it, heads included, to one ``.safetensors`` file. Both import
-torch lazily, so ``import lvd`` stays cheap for the command line.
+``lvd.export(uri, out)`` writes it, heads included, to one ``.safetensors`` file; ``lvd.open_dataset(uri)``
+reads the curated shards of a dataset version. All import lazily, so ``import lvd`` stays cheap
+for the command line.
 """
 
 from __future__ import annotations
@@ -28,3 +29,11 @@ def export(uri: str, out: str) -> dict:
     from tasks.release.export import export_safetensors
 
     return export_safetensors(uri, out)
+
+
+def open_dataset(uri: str) -> Any:
+    """The curated shards of ``{root}/{dataset}`` (following ``latest``) or of a version URI: manifest rows,
+    shard URLs (earlier versions' shards included, by URL) and an iterator over samples."""
+    from lvd.dataset import open_dataset as _open
+
+    return _open(uri)

@@ -3,7 +3,8 @@
     lvd curate   --config cpu-tiny [key.path=value ...]
     lvd train    --config cpu-tiny [overrides]
     lvd distill | evaluate | pipeline  (same shape)
-    lvd info URI                        summary of a committed stage
+    lvd info URI                        summary of a committed stage, or a dataset's versions ({root}/{dataset})
+    lvd diff A B | DATASET A B          shards and samples added, reused and removed between two versions
     lvd export URI OUT.safetensors      a trained model (backbone + SSL heads) as one safetensors file
     lvd demo                            serve the demo web on 127.0.0.1 and curate it end to end
     lvd doctor [--config P] [--pool P]  check the Prefect API, work pools, S3 and GPUs before runs start
@@ -56,8 +57,25 @@ def cmd_flow(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from lvd.info import describe_stage
+    from storage.versions import is_dataset_uri
 
-    print(describe_stage(args.uri))
+    if is_dataset_uri(args.uri):
+        from lvd.history import dataset_history, format_history
+
+        print(format_history(args.uri, *dataset_history(args.uri)))
+    else:
+        print(describe_stage(args.uri))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from lvd.history import diff_arguments, diff_versions, format_diff
+
+    try:
+        a, b = diff_arguments(args.versions)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(format_diff(diff_versions(a, b)))
     return 0
 
 
@@ -106,9 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default="cpu-tiny", help="preset name (configs/NAME.yaml) or YAML path")
         p.add_argument("overrides", nargs="*", help="dotted overrides such as crawl.concurrency=64")
         p.set_defaults(func=cmd_flow)
-    p = sub.add_parser("info", help="print the summary of a committed stage")
-    p.add_argument("uri", help="stage URI, e.g. file://./lvd-data/lvd-demo/v1/crawl or s3://bucket/lvd/v1/shards")
+    p = sub.add_parser("info", help="print the summary of a committed stage, or the versions of a dataset")
+    p.add_argument("uri", help="stage URI, e.g. file://./lvd-data/lvd-demo/v1/crawl or s3://bucket/lvd/v1/shards, "
+                   "or a dataset URI such as file://./lvd-data/lvd-demo")
     p.set_defaults(func=cmd_info)
+    p = sub.add_parser("diff", help="what changed between two versions of a dataset")
+    p.add_argument("versions", nargs="+", metavar="URI",
+                   help="two version URIs, or a dataset URI and two version names")
+    p.set_defaults(func=cmd_diff)
     p = sub.add_parser("export", help="write a trained model (backbone and heads) to a .safetensors file")
     p.add_argument("uri", help="run URI, checkpoint directory, .safetensors or official .pth")
     p.add_argument("out", help="output file (path, file:// or s3://), e.g. model.safetensors")
@@ -135,10 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from storage.commit import StageConflict, StageNotCommitted
     from storage.uri import StorageError
+    from storage.versions import RefreshRefused
 
     try:
         return args.func(args)
-    except (ConfigError, StageNotCommitted, StageConflict, StorageError) as err:
+    except (ConfigError, StageNotCommitted, StageConflict, StorageError, RefreshRefused) as err:
         print(f"lvd: {err}", file=sys.stderr)
         return 2
 

@@ -39,6 +39,14 @@ INPUTS_SCHEMA = pa.schema(
 )
 
 
+class RefreshRefused(ValueError):
+    """A refresh that cannot build on the version it names; nothing has been written."""
+
+
+class NoNewInputs(RefreshRefused):
+    """Every input was consumed by an earlier version."""
+
+
 class VersionIncomplete(StageNotCommitted):
     """A version that some stage has not committed, so nothing may build on it."""
 

@@ -102,3 +102,88 @@ def test_refresh_adds_new_images_and_keeps_earlier_ones(history):
     inputs = read_commit(stage_uri(root, DATASET, "v3", "inputs"))
     assert inputs["counts"] == {"new_inputs": 1, "inputs_total": 3}
     assert inputs["extra"]["parent"] == "v2" and inputs["extra"]["ancestors"] == ["v1", "v2"]
+
+
+def _table_rows(text: str) -> dict[str, list[str]]:
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("version "))
+    header = lines[start].split()
+    return {cells[0]: dict(zip(header, cells)) for cells in (line.split() for line in lines[start + 1:]) if cells
+            and cells[0].startswith("v")}
+
+
+def test_info_prints_the_history_and_diff_what_changed(history, capsys):
+    from lvd.cli import main
+
+    root = history["root"]
+    dataset_uri = join(root, DATASET)
+    assert main(["info", dataset_uri]) == 0
+    rows = _table_rows(capsys.readouterr().out)
+    assert set(rows) == {"v1", "v2", "v3*"}, "v3 is marked as latest"
+    for version in ("v1", "v2", "v3"):
+        row = rows.get(version) or rows[version + "*"]
+        shards = read_commit(stage_uri(root, DATASET, version, "shards"))["counts"]
+        dedup = read_commit(stage_uri(root, DATASET, version, "dedup"))["counts"]
+        assert row["parent"] == {"v1": "-", "v2": "v1", "v3": "v2"}[version]
+        assert int(row["added"]) == shards["added_samples"] > 0
+        assert int(row["curated"]) == shards["samples"]
+        assert int(row["dup_earlier"]) == dedup.get("removed_duplicate_of_previous_version", 0)
+        assert int(row["crawled"]) == read_commit(stage_uri(root, DATASET, version, "crawl"))["counts"]["samples"]
+    assert int(rows["v2"]["dup_earlier"]) > 0 and int(rows["v1"]["dup_batch"]) > 0
+
+    v1 = read_commit(stage_uri(root, DATASET, "v1", "shards"))["counts"]
+    v3 = read_commit(stage_uri(root, DATASET, "v3", "shards"))["counts"]
+    assert main(["diff", dataset_uri, "v1", "v3"]) == 0
+    out = capsys.readouterr().out
+    assert f"shards    reused {v1['shards']}  added {v3['shards'] - v1['shards']}  removed 0" in out
+    assert f"samples   {v1['samples']} -> {v3['samples']}  added {v3['samples'] - v1['samples']}  removed 0" in out
+    assert main(["diff", join(dataset_uri, "v3"), join(dataset_uri, "v2")]) == 0
+    assert "removed 1" in capsys.readouterr().out.splitlines()[1]
+    assert main(["diff", dataset_uri]) == 2
+
+
+def test_readers_follow_mixed_version_shard_urls(history):
+    import lvd
+    from tasks.train.data import open_source
+
+    root = history["root"]
+    ds = lvd.open_dataset(join(root, DATASET))
+    assert ds.version == "v3" and len({u.split("/shards/")[0][-2:] for u in ds.shard_urls}) == 3
+    keys = [k for k, _ in ds.samples(verify=True)]
+    assert len(keys) == len(ds) == len(set(keys))
+    assert [s["__key__"] for s in ds.webdataset()] == keys
+    source = open_source(join(root, DATASET, "latest", "shards"))
+    assert sum(source.shard_sizes()) == len(ds)
+    assert [k for i in range(len(source.shard_sizes())) for k, _ in source.read_shard(i)] == keys
+    assert lvd.open_dataset(join(root, DATASET, "v1")).shard_urls == ds.shard_urls[:1]
+
+
+def test_refresh_is_refused_before_any_work(history):
+    from flows.curate_lvd import curate_lvd
+    from flows.refresh import plan_version
+    from storage.versions import NoNewInputs, RefreshRefused, VersionIncomplete
+
+    root, web, server, inputs = history["root"], history["web"], history["server"], history["inputs"]
+
+    def cfg(version="v9", **over):
+        c = _config(server, web, root, version, inputs, from_version="latest")
+        return validate(PipelineConfig, {**c.model_dump(mode="json"), **over}).curate()
+
+    other = cfg().model_copy(update={"embed": cfg().embed.model_copy(update={"backbone": "pixels:16"})})
+    with pytest.raises(RefreshRefused, match=r"'v3' was embedded with .*pixels:32.*this run with .*pixels:16"):
+        curate_lvd(other)
+    assert not Path(root.removeprefix("file://"), DATASET, "v9").exists(), "refused before anything was written"
+    queries = [dict(q, n_neighbours=8) for q in cfg().model_dump(mode="json")["retrieve"]["queries"]]
+    with pytest.raises(RefreshRefused, match="same query sets"):
+        plan_version(cfg(retrieve={**cfg().model_dump(mode="json")["retrieve"], "queries": queries}))
+    broken = Path(root.removeprefix("file://"), DATASET)
+    shutil.copytree(broken / "v1", broken / "v1-copy")
+    (broken / "v1-copy" / "retrieve" / "_COMMITTED.json").unlink()
+    with pytest.raises(VersionIncomplete, match=r"'v1-copy' .* stage 'retrieve'"):
+        plan_version(cfg(refresh={"from_version": "v1-copy"}))
+    shutil.rmtree(broken / "v1-copy")
+    with pytest.raises(RefreshRefused, match="no published version.*if_missing=full"):
+        plan_version(cfg(dataset="fresh"))
+    assert plan_version(cfg(dataset="fresh", refresh={"from_version": "latest", "if_missing": "full"})).parent is None
+    with pytest.raises(NoNewInputs, match="already consumed by v1, v2, v3"):
+        plan_version(cfg(inputs=inputs[:3]))
