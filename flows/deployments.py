@@ -83,7 +83,18 @@ def parameters_for(dep: Deployment) -> dict:
         part = EvaluateFlowConfig(storage=cfg.storage, run=f"{cfg.dataset}-eval", evaluate=evaluate)
     else:
         part = getattr(cfg, dep.section)()
+        if dep.section == "curate" and dep.schedules:
+            part = scheduled_refresh(part)
     return {"cfg": part.model_dump(mode="json", exclude_defaults=True)}
+
+
+def scheduled_refresh(cfg):
+    """A scheduled curation refreshes the dataset: a new version named after the run's start, built on
+    `latest` (the first run, with nothing published yet, builds it from every input)."""
+    from flows.config import RefreshConfig
+
+    return cfg.model_copy(update={"version": "auto",
+                                  "refresh": RefreshConfig(from_version="latest", if_missing="full")})
 
 
 def render() -> str:
