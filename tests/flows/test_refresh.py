@@ -187,3 +187,47 @@ def test_refresh_is_refused_before_any_work(history):
     assert plan_version(cfg(dataset="fresh", refresh={"from_version": "latest", "if_missing": "full"})).parent is None
     with pytest.raises(NoNewInputs, match="already consumed by v1, v2, v3"):
         plan_version(cfg(inputs=inputs[:3]))
+
+
+def test_killed_refresh_leaves_latest_and_resumes(history, tmp_path):
+    """v4 runs as `lvd curate` in its own process and is killed once its crawl committed: `latest` stays
+    on v3; the rerun keeps the committed crawl and publishes v4."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.curate_lvd import curate_lvd
+
+    root, web, server = history["root"], history["web"], history["server"]
+    cfg = _config(server, web, root, "v4", history["inputs"], from_version="latest")
+    preset = tmp_path / "refresh.yaml"
+    preset.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    crawled = Path(root.removeprefix("file://"), DATASET, "v4", "crawl", "_COMMITTED.json")
+    env = dict(os.environ, PREFECT_API_URL=PREFECT_API_URL.value())
+    proc = subprocess.Popen([sys.executable, "-m", "lvd.cli", "curate", "--config", str(preset)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not crawled.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert crawled.exists(), "the refresh never committed its crawl"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert read_latest(root, DATASET) == "v3"
+    shards = stage_uri(root, DATASET, "v4", "shards")
+    assert not Path(shards.removeprefix("file://"), "_COMMITTED.json").exists()
+
+    crawl_commit = read_commit(stage_uri(root, DATASET, "v4", "crawl"))
+    result = curate_lvd(cfg)
+    assert read_latest(root, DATASET) == "v4" and result["version"] == "v4"
+    assert read_commit(stage_uri(root, DATASET, "v4", "crawl"))["committed_at"] == crawl_commit["committed_at"]
+    fields = ("url", "nsamples", "nbytes", "sha256")
+    v3 = [{k: r[k] for k in fields} for r in read_manifest(stage_uri(root, DATASET, "v3", "shards")).to_pylist()]
+    v4 = [{k: r[k] for k in fields} for r in read_manifest(shards).to_pylist()]
+    assert v4[:len(v3)] == v3 and len(v4) > len(v3), "v3's shards carried over unchanged, v4's added"
