@@ -143,23 +143,25 @@ class StreamIndex:
 
 
 class ShardCache:
-    """The last few shards read (a stream piece may straddle two)."""
+    """The shards a worker is reading, the last two per stream (a stream piece may straddle two
+    shards), so a worker that serves several streams does not read their shards again each step."""
 
-    def __init__(self, source: Source, size: int = 2) -> None:
-        self.source, self.size = source, size
-        self._shards: OrderedDict[int, list] = OrderedDict()
+    def __init__(self, source: Source, per_stream: int = 2) -> None:
+        self.source, self.per_stream = source, per_stream
+        self._streams: dict[int, OrderedDict[int, list]] = {}
 
-    def sample(self, shard: int, index: int) -> tuple[str, Any]:
-        if shard not in self._shards:
+    def sample(self, stream: int, shard: int, index: int) -> tuple[str, Any]:
+        shards = self._streams.setdefault(stream, OrderedDict())
+        if shard not in shards:
             samples = self.source.read_shard(shard)
             expected = self.source.shard_sizes()[shard]
             if len(samples) != expected:
                 raise ValueError(f"shard {shard} holds {len(samples)} samples, expected {expected}")
-            self._shards[shard] = samples
-            while len(self._shards) > self.size:
-                self._shards.popitem(last=False)
-        self._shards.move_to_end(shard)
-        return self._shards[shard][index]
+            shards[shard] = samples
+            while len(shards) > self.per_stream:
+                shards.popitem(last=False)
+        shards.move_to_end(shard)
+        return shards[shard][index]
 
 
 class GlobalBatchParts(IterableDataset):
@@ -199,7 +201,7 @@ class GlobalBatchParts(IterableDataset):
         samples, rows = [], []
         for piece in self.schedule.pieces(step, *self.groups[group]):
             for i in range(piece.n):
-                key, raw = cache.sample(*index.locate(piece.stream, piece.position + i))
+                key, raw = cache.sample(piece.stream, *index.locate(piece.stream, piece.position + i))
                 generator = torch.Generator().manual_seed(_mix(self.seed, piece.stream, piece.position + i))
                 samples.append(self.transform(self.source.decode(raw), generator))
                 rows.append(piece.row + i)

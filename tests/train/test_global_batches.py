@@ -146,3 +146,21 @@ def test_changed_streams_are_refused():
     next(loader)
     with pytest.raises(ValueError, match="data.streams=2, this run has data.streams=4"):
         GlobalBatchLoader(source, _identity, collate, 4, seed=0, streams=4, step=1, state=loader.state_dict())
+
+
+class CountingSource(NumberedSource):
+    def __init__(self, sizes):
+        super().__init__(sizes)
+        self.reads = 0
+
+    def read_shard(self, index):
+        self.reads += 1
+        return super().read_shard(index)
+
+
+def test_one_process_reading_every_stream_reads_each_shard_once_an_epoch():
+    source = CountingSource([6] * 8)
+    collate = MultiCropCollator(patch_size=2, mask_probability=0.0)
+    loader = GlobalBatchLoader(source, _identity, collate, 8, seed=0, streams=4)
+    seen = sum((_ids(next(loader)) for _ in range(6)), [])  # 48 images: one epoch of every stream
+    assert sorted(seen) == list(range(48)) and source.reads == 8
