@@ -49,6 +49,11 @@ def run_refresh_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConf
     embed_commit = read_commit(embed_stage_uri)
     pool = load_pool_embeddings(embed_stage_uri, require_commit=False)
     queries = {qs.name: load_query_embeddings(embed_stage_uri, qs.name) for qs in cfg.queries}
+    was = (earlier.get("model_id"), earlier.get("checksum"))
+    now = (embed_commit.get("extra", {}).get("model_id"), embed_commit.get("extra", {}).get("checksum"))
+    if was != now:
+        raise EmbeddingMismatch(f"the new images were embedded by {now[0]} (checksum {now[1]}) but {previous} "
+                                f"selected with {was[0]} (checksum {was[1]}); a refresh needs the same weights")
     centroids = read_centroids(previous)
     for name, q in {"pool": pool, **queries}.items():
         if len(q) and q.dim != centroids.shape[1]:
