@@ -342,9 +342,6 @@ class ResumableLoader:
         shuffle: bool = True,
     ) -> None:
         self.n_roles = max(1, num_workers)
-        self._rebuild_args = dict(
-            source=source, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers, shuffle=shuffle
-        )
         self.layout = {"world_size": world_size, "num_workers": self.n_roles, "batch_size": batch_size}
         positions: dict[int, Position] = {}
         consumed = 0
@@ -396,16 +393,6 @@ class ResumableLoader:
                     shutdown()
                 except RuntimeError:
                     pass  # a worker stopped mid-prefetch at the end of a run: nothing it held is needed
-
-    def resized(self, transform: SampleTransform, collate: BatchCollate, batch_size: int) -> "ResumableLoader":
-        """A loader that continues this stream where it was consumed, with another augmentation
-        and batch size (a new training phase); this one's workers are stopped, prefetched
-        batches dropped. The sample order stays the seeded order, so resumes stay exact."""
-        self.close()
-        state = self.state_dict()
-        state["layout"]["batch_size"] = batch_size
-        return ResumableLoader(transform=transform, collate=collate, batch_size=batch_size, state=state,
-                               **self._rebuild_args)
 
     def state_dict(self) -> dict:
         return {

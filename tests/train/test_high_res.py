@@ -14,12 +14,10 @@ from models.patch_embed import PatchEmbed
 from tasks.train.build import build_ssl
 from tasks.train.checkpoint import latest_checkpoint, load_checkpoint, read_marker
 from tasks.train.config import load_train_config
-from tasks.train.data import ResumableLoader
 from tasks.train.loop import train
 from tasks.train.phases import plan_phases
 from tasks.train.report import knn_markdown, phases_markdown
 from tests.train.conftest import needs_fashion_mnist, tiny_config
-from tests.train.test_data import ToySource, _collate, _transform
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # tiny_config trains 6 steps at 28/14 px (2x2 and 1x1 patches of 14 px); the last 3 run at 56/28 px.
@@ -61,19 +59,6 @@ def test_full_size_presets_end_at_518_px_for_10k_steps():
     assert [p.name for p in plan_phases(tiny)] == ["base"], "the demo preset keeps its time: phase off"
     on = load_train_config(CONFIGS / "cpu-tiny.yaml", {"high_res": {"enabled": True}})
     assert [(p.name, p.global_crops_size) for p in plan_phases(on)] == [("base", 56), ("high_res", 112)]
-
-
-def test_a_resized_loader_continues_the_stream_where_it_was_consumed():
-    source = ToySource([5, 7, 3, 9])
-    reference = ResumableLoader(source, _transform, _collate, 4, seed=3)
-    expected = torch.cat([next(reference)["v"] for _ in range(4)])
-    loader = ResumableLoader(source, _transform, _collate, 4, seed=3)
-    first = [next(loader)["v"] for _ in range(2)]
-    loader = loader.resized(_transform, _collate, 2)
-    assert loader.state_dict()["layout"]["batch_size"] == 2 and loader.consumed == 2
-    rest = [next(loader)["v"] for _ in range(4)]
-    assert all(len(b) == 2 for b in rest)
-    assert torch.equal(torch.cat(first + rest), expected)
 
 
 class _PatchEmbedInputs:
