@@ -201,7 +201,14 @@ class HighResConfig(_Section):
         None, ge=4, le=1024, description="Side of the local crops in the phase (px; None: crops.local_crops_size)."
     )
     batch_size_per_rank: int | None = Field(
-        None, ge=2, le=4096, description="Images per process per step in the phase (None: optim.batch_size_per_rank)."
+        None, ge=2, le=4096, description="Images per process per step in the phase (None: the base phase's)."
+    )
+    global_batch_size: int | None = Field(
+        None,
+        ge=2,
+        le=1 << 20,
+        description="Images per step over all processes in the phase, split like optim.global_batch_size "
+        "(set this rather than batch_size_per_rank when the run uses optim.global_batch_size).",
     )
 
     def num_steps(self, total_steps: int) -> int:
@@ -310,6 +317,13 @@ class TrainConfig(_Section):
                 f"high_res.global_crops_size ({hr.global_crops_size}) must be larger than "
                 f"crops.global_crops_size ({self.crops.global_crops_size})"
             )
+        if hr.batch_size_per_rank is not None and hr.global_batch_size is not None:
+            raise ValueError("set high_res.batch_size_per_rank or high_res.global_batch_size, not both")
+        if hr.batch_size_per_rank is not None and self.optim.global_batch_size is not None:
+            raise ValueError(
+                "high_res.batch_size_per_rank is per process, but this run sets optim.global_batch_size so that "
+                "its batch does not depend on the number of processes; give high_res.global_batch_size instead"
+            )
         n = hr.num_steps(total)
         key = "high_res.steps" if hr.steps is not None else "high_res.fraction"
         if n < 1:
@@ -327,15 +341,19 @@ class TrainConfig(_Section):
         g = self.optim.global_batch_size
         if g is None:
             return self.optim.batch_size_per_rank
-        if g % world_size:
+        return self.split_batch(g, world_size, "optim.global_batch_size")
+
+    def split_batch(self, global_batch: int, world_size: int, key: str) -> int:
+        """``global_batch`` images per process at ``world_size`` processes (``key`` names it in errors)."""
+        if global_batch % world_size:
             raise ValueError(
-                f"optim.global_batch_size={g} does not split over {world_size} processes; "
-                f"use a number of processes that divides it, or change optim.global_batch_size"
+                f"{key}={global_batch} does not split over {world_size} processes; "
+                f"use a number of processes that divides it, or change {key}"
             )
-        per_rank = g // world_size
+        per_rank = global_batch // world_size
         if per_rank < 2 and self.loss.koleo_weight > 0:
             raise ValueError(
-                f"optim.global_batch_size={g} over {world_size} processes leaves {per_rank} image per process; "
+                f"{key}={global_batch} over {world_size} processes leaves {per_rank} image per process; "
                 "KoLeo (loss.koleo_weight) needs at least 2"
             )
         return per_rank

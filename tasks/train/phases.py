@@ -61,9 +61,17 @@ def plan_phases(cfg: TrainConfig, world_size: int = 1) -> list[Phase]:
         total,
         hr.global_crops_size,
         hr.local_crops_size if hr.local_crops_size is not None else cfg.crops.local_crops_size,
-        hr.batch_size_per_rank or base.batch_size_per_rank,
+        _high_res_rank_batch(cfg, world_size) or base.batch_size_per_rank,
     )
     return [base, high]
+
+
+def _high_res_rank_batch(cfg: TrainConfig, world_size: int) -> int | None:
+    """Images per process in the high-resolution phase when the config sets its own batch."""
+    hr = cfg.high_res
+    if hr.global_batch_size is not None:
+        return cfg.split_batch(hr.global_batch_size, world_size, "high_res.global_batch_size")
+    return hr.batch_size_per_rank
 
 
 def phase_at(phases: list[Phase], step: int) -> Phase:

@@ -39,6 +39,20 @@ def test_bad_phase_settings_are_refused_naming_the_key(high_res, message):
         tiny_config(high_res={**HIGH_RES, **high_res})
 
 
+def test_the_phase_batch_follows_the_run_s_batch_rule():
+    both = {**HIGH_RES, "global_batch_size": 8}
+    with pytest.raises(ValueError, match="set high_res.batch_size_per_rank or high_res.global_batch_size, not both"):
+        tiny_config(high_res=both)
+    with pytest.raises(ValueError, match="this run sets optim.global_batch_size .* give high_res.global_batch_size"):
+        tiny_config(optim=dict(global_batch_size=16), high_res=HIGH_RES)
+    cfg = tiny_config(optim=dict(global_batch_size=16), high_res={**HIGH_RES, "batch_size_per_rank": None,
+                                                                   "global_batch_size": 8})
+    assert [p.batch_size_per_rank for p in plan_phases(cfg, world_size=1)] == [16, 8]
+    assert [p.batch_size_per_rank for p in plan_phases(cfg, world_size=2)] == [8, 4]
+    with pytest.raises(ValueError, match="high_res.global_batch_size=8 over 8 processes leaves 1 image per process"):
+        plan_phases(cfg, world_size=8)
+
+
 def test_cli_override_errors_name_the_full_key_and_a_disabled_phase_is_not_checked():
     with pytest.raises(ConfigError, match=r"train.high_res.batch_size_per_rank: Input should be greater than or equal to 2"):
         load_config(PipelineConfig, None, ["train.high_res.batch_size_per_rank=1"])
