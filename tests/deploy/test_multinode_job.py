@@ -68,8 +68,8 @@ def test_pods_run_what_the_launcher_runs_with_a_config_that_loads():
     assert args.run_uri.startswith("s3://") and cfg.data.source.startswith("s3://") and cfg.device == "cuda"
 
     world = NODES * GPUS
-    check_world(cfg, world)
-    assert cfg.global_batch(world) == 3072, "the vitl14 recipe's batch"
+    base, high = check_world(cfg, world)
+    assert (base.batch_size_per_rank * world, high.batch_size_per_rank * world) == (3072, 768), "the vitl14 recipe"
     assert cfg.data.streams % world == 0 and cfg.global_batch(world) % cfg.data.streams == 0
     assert cfg.data.streams == world * cfg.data.num_workers, "every DataLoader worker reads its own stream"
 
