@@ -4,7 +4,9 @@ Run by quality.py with the interpreter of a separate venv that holds lightly and
 (never this project's environment). It follows lightly's DINO example (projection head 512/64/2048,
 DINOLoss, Adam 1e-3, teacher momentum cosine 0.996 -> 1, last layer frozen for the first epoch)
 on a torchvision ViT of the same size as ours, wrapped in lightly's own ViT module so local
-crops of another size work. Training stops when its CPU-time budget is spent; the schedules are
+crops of another size work. Crop scales, blur, solarisation and colour-jitter probabilities are
+arguments, so quality.py hands it the ones our run uses; the k-NN feature is the teacher's CLS
+token, or CLS and the mean patch token (``--feature cls+avgpool``), as for ours. Training stops when its CPU-time budget is spent; the schedules are
 laid over the step count measured to fit the budget. Writes the CLS features of the given
 reference/query images to an .npz, plus timing.
 """
@@ -35,6 +37,15 @@ def main() -> None:
     parser.add_argument("--global-size", type=int, default=56)
     parser.add_argument("--local-size", type=int, default=28)
     parser.add_argument("--n-local", type=int, default=4)
+    parser.add_argument("--patch-size", type=int, default=14)
+    parser.add_argument("--global-scale", type=float, nargs=2, default=(0.4, 1.0))
+    parser.add_argument("--local-scale", type=float, nargs=2, default=(0.05, 0.4))
+    parser.add_argument("--jitter-p", type=float, default=0.8, help="colour jitter probability per crop")
+    parser.add_argument("--blur-p", type=float, nargs=3, default=(1.0, 0.1, 0.5),
+                        help="blur probability of global crop 1, global crop 2, local crops")
+    parser.add_argument("--solarize-p", type=float, default=0.2, help="solarisation probability of global crop 2")
+    parser.add_argument("--feature", choices=("cls", "cls+avgpool"), default="cls",
+                        help="k-NN feature: the CLS token, or CLS and the mean patch token (each L2-normalised)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -48,7 +59,7 @@ def main() -> None:
     from lightly.utils.scheduler import cosine_schedule
     from torchvision.models.vision_transformer import VisionTransformer
 
-    vit = VisionTransformer(image_size=args.global_size, patch_size=14, num_layers=args.depth, num_heads=args.heads,
+    vit = VisionTransformer(image_size=args.global_size, patch_size=args.patch_size, num_layers=args.depth, num_heads=args.heads,
                             hidden_dim=args.embed_dim, mlp_dim=4 * args.embed_dim)
     student = MaskedVisionTransformerTorchvision(vit=vit)
     student_head = DINOProjectionHead(args.embed_dim, 512, 64, 2048, freeze_last_layer=1)
@@ -57,7 +68,9 @@ def main() -> None:
     deactivate_requires_grad(teacher)
     deactivate_requires_grad(teacher_head)
     transform = DINOTransform(global_crop_size=args.global_size, local_crop_size=args.local_size,
-                              n_local_views=args.n_local)
+                              n_local_views=args.n_local, global_crop_scale=tuple(args.global_scale),
+                              local_crop_scale=tuple(args.local_scale), cj_prob=args.jitter_p,
+                              gaussian_blur=tuple(args.blur_p), solarization_prob=args.solarize_p)
     criterion = DINOLoss(output_dim=2048, warmup_teacher_temp_epochs=5)
     params = list(student.parameters()) + list(student_head.parameters())
     optimizer = torch.optim.Adam(params, lr=0.001)
@@ -113,7 +126,12 @@ def main() -> None:
         for s in range(0, len(images), 256):
             x = torch.from_numpy(images[s : s + 256]).float().div(255)[:, None].expand(-1, 3, -1, -1)
             x = torch.nn.functional.interpolate(x, size=(args.global_size,) * 2, mode="bicubic", antialias=True)
-            out.append(teacher(((x.clamp(0, 1) - mean) / std)).numpy())
+            tokens = teacher.encode((x.clamp(0, 1) - mean) / std)
+            cls = torch.nn.functional.normalize(tokens[:, 0], dim=1)
+            if args.feature == "cls+avgpool":
+                patches = torch.nn.functional.normalize(tokens[:, 1:].mean(1), dim=1)
+                cls = torch.cat([cls, patches], dim=1)
+            out.append(cls.numpy())
         return np.concatenate(out)
 
     np.savez(args.out, train=features(data["train"]), test=features(data["test"]))
