@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -100,6 +101,8 @@ def train_ours(source: str, out: Path, budget: float, args: argparse.Namespace) 
     from tasks.train.run import run_training
 
     torch.set_num_threads(1)
+    for stale in ("calibrate", "run"):  # a run directory resumes its checkpoint: start both afresh
+        shutil.rmtree(out / stale, ignore_errors=True)
     marks: list[float] = []
     train(our_config(source, 200, args), f"file://{out}/calibrate", stop_at_step=4,
           before_step=lambda step, batch: marks.append(cpu_seconds()), log=lambda m: None)
