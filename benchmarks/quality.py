@@ -94,25 +94,45 @@ def peer_augmentation(cfg) -> list[str]:
             "--jitter-p", str(c.color_jitter_p), "--blur-p", *map(str, blur), "--solarize-p", str(c.solarize_p)]
 
 
+class BudgetSpent(Exception):
+    """Raised before a step once the CPU budget is spent."""
+
+
 def train_ours(source: str, out: Path, budget: float, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
-    """Calibrate CPU seconds per step, then train the steps that fit in ``budget``."""
-    import lvd
+    """Calibrate CPU seconds per step, lay the schedules over the steps that fit in ``budget``, and stop
+    at 1.05 x ``budget`` as the peer does (a busy machine makes steps dearer than calibrated); the
+    run checkpoints every few steps, and the newest checkpoint is the model."""
+    from storage import uri as su
+    from tasks.release.load import load_model
     from tasks.train.loop import train
-    from tasks.train.run import run_training
 
     torch.set_num_threads(1)
     for stale in ("calibrate", "run"):  # a run directory resumes its checkpoint: start both afresh
         shutil.rmtree(out / stale, ignore_errors=True)
     marks: list[float] = []
-    train(our_config(source, 200, args), f"file://{out}/calibrate", stop_at_step=4,
+    train(our_config(source, 200, args), f"file://{out}/calibrate", stop_at_step=8,
           before_step=lambda step, batch: marks.append(cpu_seconds()), log=lambda m: None)
     per_step = (marks[-1] - marks[0]) / (len(marks) - 1)
     total = max(4, int(budget / per_step))
+    cfg = our_config(source, total, args)
+    cfg = cfg.model_copy(update={"checkpoint": cfg.checkpoint.model_copy(update={"every_steps": 25, "keep": 1})})
+    run_uri = f"file://{out}/run"
+    su.write_bytes_atomic(su.join(run_uri, "config.json"), cfg.model_dump_json(indent=1).encode())
     start = cpu_seconds()
-    summary = run_training(our_config(source, total, args), f"file://{out}/run", log=lambda m: None)
+
+    def guard(step: int, batch: dict) -> None:
+        if cpu_seconds() - start > 1.05 * budget:
+            raise BudgetSpent
+
+    try:
+        summary = train(cfg, run_uri, before_step=guard, log=lambda m: None)
+        final = summary["final"].get("dino_loss")
+    except BudgetSpent:
+        final = None
     spent = cpu_seconds() - start
-    return lvd.load(f"file://{out}/run"), {"steps": summary["steps"], "cpu_seconds": spent,
-                                           "final_dino_loss": summary["final"].get("dino_loss")}
+    model = load_model(run_uri)
+    return model.backbone.eval(), {"steps": model.step, "planned_steps": total, "cpu_seconds": spent,
+                                   "final_dino_loss": final}
 
 
 @torch.no_grad()
