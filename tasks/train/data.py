@@ -321,6 +321,17 @@ class SSLBatches(IterableDataset):
             yield self.collate(samples, g), {"role": role, "position": after}
 
 
+def stop_loader_workers(iterator: Iterator | None) -> None:
+    """Stop a DataLoader iterator's worker processes now, rather than at garbage collection
+    (where a worker still mid-shard dies noisily)."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except RuntimeError:
+            pass  # a worker stopped mid-prefetch at the end of a run: nothing it held is needed
+
+
 class ResumableLoader:
     """A DataLoader over :class:`SSLBatches` that remembers what was consumed.
 
@@ -383,16 +394,8 @@ class ResumableLoader:
         return batch
 
     def close(self) -> None:
-        """Stop the worker processes now, rather than when the iterator is garbage-collected
-        (where a worker still mid-shard dies noisily)."""
-        if self._iter is not None:
-            shutdown = getattr(self._iter, "_shutdown_workers", None)
-            self._iter = None
-            if shutdown is not None:
-                try:
-                    shutdown()
-                except RuntimeError:
-                    pass  # a worker stopped mid-prefetch at the end of a run: nothing it held is needed
+        stop_loader_workers(self._iter)
+        self._iter = None
 
     def state_dict(self) -> dict:
         return {

@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from models.collate import MultiCropCollator
-from tasks.train.data import SampleTransform, Source, _mix, plan_epoch
+from tasks.train.data import SampleTransform, Source, _mix, plan_epoch, stop_loader_workers
 
 _MASKS = 0x6D61736B  # keeps the mask seeds of a step apart from every sample seed
 
@@ -312,16 +312,8 @@ class GlobalBatchLoader:
         return self.collate.finish(global_crops, local_crops, masks.flatten(0, 1), upperbound)
 
     def close(self) -> None:
-        """Stop the worker processes now rather than at garbage collection (where a worker still
-        mid-shard dies noisily)."""
-        if self._iter is not None:
-            shutdown = getattr(self._iter, "_shutdown_workers", None)
-            self._iter = None
-            if shutdown is not None:
-                try:
-                    shutdown()
-                except RuntimeError:
-                    pass  # a worker stopped mid-prefetch at the end of a run: nothing it held is needed
+        stop_loader_workers(self._iter)
+        self._iter = None
 
     def state_dict(self) -> dict:
         """Plain JSON, the same on every process: streams, next step, next position of each stream."""
