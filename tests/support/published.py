@@ -13,9 +13,11 @@ import json
 import os
 from pathlib import Path
 
-# Columns that measure how long something took on this run, not what it found: the seconds a
-# crawl request waited for its answer (crawl records, per part and merged).
-TIMING_COLUMNS = ("elapsed",)
+# Columns that depend on how fast this run's machine and network were, not on what it found: the
+# seconds a crawl request waited for its answer, and how many attempts it took (on a loaded machine
+# a request can time out and succeed on its retry, with the same body) (crawl records, per part
+# and merged). What each URL became (status, reason, bytes, sha256, shard, key) is still compared.
+TIMING_COLUMNS = ("elapsed", "attempts")
 
 
 def local_path(root: str) -> Path:
