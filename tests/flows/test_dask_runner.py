@@ -1,5 +1,4 @@
 """curate-lvd on a local two-process Dask cluster publishes, byte for byte, what the thread runner publishes."""
-import os
 import socket
 
 import pytest
@@ -8,31 +7,8 @@ from flows.runner import RunnerConfig, RunnerUnreachable
 from storage.commit import stage_uri
 from storage.uri import exists
 from tasks.crawl.demo_web import DemoWeb, serve_demo_web
-from tests.support.curation_runs import curate_config, curate_demo, drain_to_server
+from tests.support.curation_runs import curate_config, curate_demo
 from tests.support.published import differing
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A real server that the flow and every Dask worker report to (workers inherit the env)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tests.support.prefect_stack import prefect_server
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    with prefect_server(home, home / "server.log") as (api_url, _env):
-        os.environ.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-        try:
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                yield api_url
-            drain_to_server()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 @pytest.fixture(scope="module")

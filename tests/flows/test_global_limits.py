@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,28 +34,6 @@ pytestmark = pytest.mark.slow
 HOST = "busy.example.org"
 PER_HOST = 2
 log = logging.getLogger(__name__)
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """A real server that the test, the flow and every Dask worker report to (workers inherit the env)."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from tests.support.prefect_stack import prefect_server
-
-    home = tmp_path_factory.mktemp("prefect-home")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    with prefect_server(home, home / "server.log") as (api_url, _env):
-        os.environ.update(PREFECT_API_URL=api_url, PREFECT_SERVER_ANALYTICS_ENABLED="false")
-        try:
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                yield api_url
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
