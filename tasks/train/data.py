@@ -321,6 +321,20 @@ class SSLBatches(IterableDataset):
             yield self.collate(samples, g), {"role": role, "position": after}
 
 
+def batch_loader(dataset: IterableDataset, num_workers: int, seed: int, rank: int) -> DataLoader:
+    """A DataLoader over a dataset that yields whole batches, with its own seed generator: drawing
+    the workers' base seed must not consume the global RNG (stochastic depth draws from it, and a
+    resumed run restores it exactly)."""
+    return DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=2 if num_workers else None,
+        generator=torch.Generator().manual_seed(_mix(seed, rank)),
+    )
+
+
 def stop_loader_workers(iterator: Iterator | None) -> None:
     """Stop a DataLoader iterator's worker processes now, rather than at garbage collection
     (where a worker still mid-shard dies noisily)."""
@@ -370,16 +384,7 @@ class ResumableLoader:
         self.dataset = SSLBatches(
             source, transform, collate, batch_size, seed, rank, world_size, num_workers, positions, phase, shuffle
         )
-        self.loader = DataLoader(
-            self.dataset,
-            batch_size=None,
-            num_workers=num_workers,
-            persistent_workers=False,
-            prefetch_factor=2 if num_workers else None,
-            # Its own generator: drawing the workers' base seed must not consume the global RNG
-            # (stochastic depth draws from it, and a resumed run restores it exactly).
-            generator=torch.Generator().manual_seed(_mix(seed, rank)),
-        )
+        self.loader = batch_loader(self.dataset, num_workers, seed, rank)
         self._iter: Iterator | None = None
 
     def __iter__(self) -> "ResumableLoader":

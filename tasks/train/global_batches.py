@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset, get_worker_info
 
 from models.collate import MultiCropCollator
-from tasks.train.data import SampleTransform, Source, _mix, plan_epoch, stop_loader_workers
+from tasks.train.data import SampleTransform, Source, _mix, batch_loader, plan_epoch, stop_loader_workers
 
 _MASKS = 0x6D61736B  # keeps the mask seeds of a step apart from every sample seed
 
@@ -271,16 +271,7 @@ class GlobalBatchLoader:
         dataset = GlobalBatchParts(
             source, transform, collate, seed, self.schedule, list(zip(bounds[:-1], bounds[1:])), step
         )
-        self.loader = DataLoader(
-            dataset,
-            batch_size=None,
-            num_workers=num_workers,
-            persistent_workers=False,
-            prefetch_factor=2 if num_workers else None,
-            # Its own generator: drawing the workers' base seed must not consume the global RNG
-            # (stochastic depth draws from it, and a resumed run restores it exactly).
-            generator=torch.Generator().manual_seed(_mix(seed, rank)),
-        )
+        self.loader = batch_loader(dataset, num_workers, seed, rank)
         self._iter: Iterator | None = None
 
     @property
