@@ -46,6 +46,33 @@ class GlobalLimitsConfig(BaseModel):
         return self
 
 
+class UnsafeFilterConfig(BaseModel):
+    """Offline refusal of unsafe and restricted sites, before any request is sent.
+
+    Category lists follow the UT1 / squidGuard layout (`<category>/domains`, `<category>/urls`); banned words
+    are matched on the URL's words, as FineWeb's URL filter does. Both come from installed packages, so a crawl
+    never downloads a list.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Refuse URLs of unsafe sites (recorded as unsafe_domain, unsafe_url "
+                          "or banned_word, with the list and category in the record's detail).")
+    builtin_lists: bool = Field(True, description="Use the UT1-derived adult domain and URL list that the "
+                                "datatrove package ships (about 4.6M domains, matched with subdomains).")
+    banned_words: bool = Field(True, description="Refuse URLs whose words include a banned word, two soft-banned "
+                               "words, or whose letters contain a banned sub-word (datatrove's word lists).")
+    list_uris: list[str] = Field(
+        default_factory=list,
+        description="More UT1 / squidGuard-format lists (any storage URI): a folder or .tar.gz holding "
+        "<category>/domains and <category>/urls files.",
+    )
+    categories: list[str] = Field(
+        default_factory=lambda: ["adult", "malware", "phishing"],
+        description="Categories of list_uris that are applied (others in those lists are ignored).",
+    )
+
+
 class CrawlConfig(BaseModel):
     """Everything that decides which image URLs are fetched and how they are stored."""
 
@@ -84,6 +111,9 @@ class CrawlConfig(BaseModel):
     )
     domain_allowlist_uris: list[str] = Field(
         default_factory=list, description="Files (any storage URI) with one allowed domain per line, # comments."
+    )
+    unsafe: UnsafeFilterConfig = Field(
+        default_factory=UnsafeFilterConfig, description="Offline unsafe-site filtering (category lists, banned words)."
     )
     exclude_url_patterns: list[str] = Field(
         default_factory=list, description="Regular expressions; a URL matching any of them is rejected (url_pattern)."

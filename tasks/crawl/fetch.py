@@ -124,9 +124,9 @@ class Fetcher:
 
     # --- checks applied to every hop ------------------------------------------------------
     async def _check_url(self, url: str) -> None:
-        reason = self.policy.check(url)
-        if reason is not None:
-            raise _rejected(reason, url[:200])
+        refused = self.policy.refusal(url)
+        if refused is not None:
+            raise _rejected(refused[0], refused[1] or url[:200])
         literal = self.addresses.check_literal(host_of(url))
         if literal is False:
             raise _rejected(reasons.SSRF_BLOCKED, f"refused address {host_of(url)}")

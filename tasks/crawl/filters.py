@@ -11,6 +11,7 @@ import tldextract
 from storage.uri import read_bytes
 from tasks.crawl import reasons
 from tasks.crawl.config import CrawlConfig
+from tasks.crawl.unsafe import UnsafeFilter
 
 
 @lru_cache(maxsize=1)
@@ -62,8 +63,20 @@ class UrlPolicy:
             self.blocked |= parse_domain_list(read_bytes(uri).decode("utf-8", "replace"))
         for uri in cfg.domain_allowlist_uris:
             self.allowed |= parse_domain_list(read_bytes(uri).decode("utf-8", "replace"))
+        self.unsafe = UnsafeFilter(cfg.unsafe)
 
     def check(self, url: str) -> str | None:
+        refused = self.refusal(url)
+        return refused[0] if refused else None
+
+    def refusal(self, url: str) -> tuple[str, str] | None:
+        """(reason, detail) when the URL may not be fetched; the detail names the list that refused it."""
+        reason = self._check_policy(url)
+        if reason is not None:
+            return reason, ""
+        return self.unsafe.check(url)
+
+    def _check_policy(self, url: str) -> str | None:
         if len(url) > self.max_len:
             return reasons.URL_TOO_LONG
         parts = urlsplit(url)

@@ -209,11 +209,11 @@ class _PartRun:
                 continue
             self.seen_images.add(url)
             key = f"{self.part.index:06d}-{len(self.seen_images):07d}"
-            reason = self.policy.check(url)
-            if reason is not None:
+            refused = self.policy.refusal(url)
+            if refused is not None:
                 shown = url if len(url) <= self.cfg.max_url_length else url[: self.cfg.max_url_length]
                 self.rows.append(record(self.part.index, "image", shown, page_url, reasons.STATUS_REJECTED,
-                                        reason))
+                                        *refused))
                 continue
             self.candidates.append((url, page_url, key))
 
