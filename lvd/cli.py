@@ -8,6 +8,10 @@
     lvd export URI OUT.safetensors      a trained model (backbone + SSL heads) as one safetensors file
     lvd demo                            serve the demo web on 127.0.0.1 and curate it end to end
     lvd doctor [--config P] [--pool P]  check the Prefect API, work pools, S3 and GPUs before runs start
+    lvd server start|stop|status        a local Prefect server that every later run reuses
+
+Flow commands report to PREFECT_API_URL; when it is unset they reuse a local server that answers
+(see lvd/prefect_server.py) and only otherwise let Prefect start a temporary one.
 """
 from __future__ import annotations
 
@@ -48,7 +52,17 @@ def _load_runner(command: str):
     return getattr(module, attr)
 
 
+def _choose_prefect_server() -> None:
+    from lvd.prefect_server import choose_server
+
+    try:
+        choose_server(log=lambda line: print(line, file=sys.stderr))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def cmd_flow(args: argparse.Namespace) -> int:
+    _choose_prefect_server()
     runner = _load_runner(args.command)
     summary = runner(args.config, args.overrides)
     print(json.dumps(summary, indent=2, default=str))
@@ -89,6 +103,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from lvd.demo import run_demo
 
+    _choose_prefect_server()
     run_demo(args.data_dir, args.config, args.overrides)
     return 0
 
@@ -116,11 +131,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from lvd import prefect_server
+
+    if args.action == "start":
+        try:
+            state = prefect_server.start_server(args.host, args.port, args.timeout)
+        except RuntimeError as err:
+            print(f"lvd: {err}", file=sys.stderr)
+            return 1
+        verb = "started" if state["started"] else "already running"
+        print(f"Prefect server {verb} at {state['api_url']} (pid {state['pid']}, log {state['log']})\n"
+              f"lvd runs use it; for the prefect CLI: export PREFECT_API_URL={state['api_url']}")
+        return 0
+    if args.action == "stop":
+        state = prefect_server.stop_server()
+        print(f"stopped {state['api_url']}" if state else "no server recorded by `lvd server start`")
+        return 0
+    status = prefect_server.server_status()
+    print(json.dumps(status, indent=2))
+    return 0 if status["answers"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lvd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     for name in FLOW_COMMANDS:
-        p = sub.add_parser(name, help=f"run the {name} flow without a Prefect server")
+        p = sub.add_parser(name, help=f"run the {name} flow (on a reused or temporary Prefect server)")
         p.add_argument("--config", default="cpu-tiny", help="preset name (configs/NAME.yaml) or YAML path")
         p.add_argument("overrides", nargs="*", help="dotted overrides such as crawl.concurrency=64")
         p.set_defaults(func=cmd_flow)
@@ -150,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
     p.add_argument("overrides", nargs="*")
     p.set_defaults(func=cmd_doctor)
+    p = sub.add_parser("server", help="start, stop or show the local Prefect server that lvd runs reuse")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the server to answer")
+    p.set_defaults(func=cmd_server)
     return parser
 
 
