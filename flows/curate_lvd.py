@@ -12,8 +12,8 @@ from flows.config import CurateConfig, PipelineConfig
 from flows.refresh import commit_version_inputs, plan_version, previous_stage
 from flows.runner import use_task_runner
 from flows.reporting import publish_curation_report, publish_stage_summary
-from flows.stages import map_parts, prefect_task, run_stage, use_storage, write_stage_config
-from lvd.config import load_config
+from flows.stages import map_parts, prefect_task, run_stage, with_effective_storage, write_stage_config
+from lvd.config import load_config, override_model
 from storage import uri as storage_uri
 from storage.commit import config_digest, digest_of_commit, publish_latest, read_commit, stage_uri
 from storage.shards import manifest_shards
@@ -151,11 +151,14 @@ def resolve_version(version: str) -> str:
 
 
 @flow(name="curate-lvd", log_prints=True)
-def curate_lvd(cfg: CurateConfig) -> dict:
-    """Curate a dataset version from crawl inputs; returns the committed stage URIs and counts."""
+def curate_lvd(cfg: CurateConfig, overrides: list[str] = []) -> dict:
+    """Curate a dataset version from crawl inputs; returns the committed stage URIs and counts.
+
+    ``overrides`` are dotted ``key=value`` changes (as on the CLI) applied onto ``cfg``.
+    """
     logger = get_run_logger()
+    cfg = with_effective_storage(override_model(cfg, overrides))
     cfg = cfg.model_copy(update={"version": resolve_version(cfg.version)})
-    use_storage(cfg.storage)
     check_before_start(cfg)
     plan = plan_version(cfg)
     if plan.parent is not None:

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.reporting import _artifact_key
-from flows.stages import prefect_task, use_storage
+from flows.stages import prefect_task, with_effective_storage
 from storage.config import StorageConfig
 from tasks.distill.config import DistillConfig
 
@@ -59,11 +59,17 @@ def publish_distill_artifacts(summary: dict, run: str) -> None:
 
 
 @flow(name="distill-dinov2")
-def distill_dinov2(cfg: DistillFlowConfig = DistillFlowConfig()) -> dict:
-    """Distill into {storage.root}/runs/{run}; returns the run summary (URIs and numbers only)."""
+def distill_dinov2(cfg: DistillFlowConfig = DistillFlowConfig(), overrides: list[str] = []) -> dict:
+    """Distill into {storage.root}/runs/{run}; returns the run summary (URIs and numbers only).
+
+    ``overrides`` are dotted ``key=value`` changes (as on the CLI) applied onto ``cfg``.
+    """
     from storage.uri import join
 
-    storage = use_storage(cfg.storage)
+    from lvd.config import override_model
+
+    cfg = with_effective_storage(override_model(cfg, overrides))
+    storage = cfg.storage
     run_uri = join(storage.root, "runs", cfg.run)
     checked = prefect_task(_check_task, name="check-teacher-student")(cfg.distill)
     get_run_logger().info("distilling %s (%d params) into %d params", checked["teacher"],

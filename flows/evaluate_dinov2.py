@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.reporting import _artifact_key, publish_picture
-from flows.stages import prefect_task, use_storage
+from flows.stages import prefect_task, use_storage, with_effective_storage
 from storage.config import StorageConfig
 from tasks.evaluate.config import EvaluateConfig
 
@@ -56,11 +56,17 @@ def publish_evaluation(summary: dict, run: str) -> None:
 
 
 @flow(name="evaluate-dinov2")
-def evaluate_dinov2(cfg: EvaluateFlowConfig = EvaluateFlowConfig()) -> dict:
-    """Evaluate into {storage.root}/runs/{run}; returns the comparison table and report URIs."""
+def evaluate_dinov2(cfg: EvaluateFlowConfig = EvaluateFlowConfig(), overrides: list[str] = []) -> dict:
+    """Evaluate into {storage.root}/runs/{run}; returns the comparison table and report URIs.
+
+    ``overrides`` are dotted ``key=value`` changes (as on the CLI) applied onto ``cfg``.
+    """
     from storage.uri import join
 
-    storage = use_storage(cfg.storage)
+    from lvd.config import override_model
+
+    cfg = with_effective_storage(override_model(cfg, overrides))
+    storage = cfg.storage
     run_uri = join(storage.root, "runs", cfg.run)
     checked = prefect_task(_check_task, name="check-inputs")(cfg.evaluate)
     get_run_logger().info("evaluating %s on %s", checked["models"], checked["datasets"])
@@ -80,7 +86,7 @@ def run_from_cli(config: str, overrides: list[str]) -> dict:
     cfg = load_config(PipelineConfig, config, overrides)
     ecfg = cfg.evaluate
     if not ecfg.models:
-        use_storage(cfg.storage)
+        cfg = with_effective_storage(cfg)
         runs = [join(cfg.storage.root, "runs", f"{cfg.dataset}-{cfg.train.model.arch}"),
                 join(cfg.storage.root, "runs", f"{cfg.dataset}-distill-{cfg.distill.student.arch}")]
         found = [r for r in runs if exists(join(r, "config.json"))]

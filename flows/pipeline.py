@@ -13,9 +13,9 @@ from flows.config import PipelineConfig
 from flows.curate_lvd import curate_lvd
 from flows.distill_dinov2 import DistillFlowConfig, distill_dinov2
 from flows.evaluate_dinov2 import EvaluateFlowConfig, evaluate_dinov2
-from flows.stages import prefect_task, use_storage
+from flows.stages import prefect_task, with_effective_storage
 from flows.train_dinov2 import TrainFlowConfig, train_dinov2
-from lvd.config import load_config
+from lvd.config import load_config, override_model
 from storage.uri import join
 from tasks.train.export import export_teacher_backbone
 
@@ -46,10 +46,14 @@ def bootstrap_embedder(cfg: PipelineConfig, root: str) -> str:
 
 
 @flow(name="lvd-pipeline", log_prints=True)
-def lvd_pipeline(cfg: PipelineConfig) -> dict:
-    """The whole DAG on one config; returns the URIs and headline numbers of every step."""
+def lvd_pipeline(cfg: PipelineConfig, overrides: list[str] = []) -> dict:
+    """The whole DAG on one config; returns the URIs and headline numbers of every step.
+
+    ``overrides`` are dotted ``key=value`` changes (as on the CLI) applied onto ``cfg``.
+    """
     logger = get_run_logger()
-    storage = use_storage(cfg.storage)
+    cfg = with_effective_storage(override_model(cfg, overrides))
+    storage = cfg.storage
     curate_cfg = cfg.curate()
     result: dict = {"dataset": cfg.dataset}
     if curate_cfg.embed.backbone == BOOTSTRAP:

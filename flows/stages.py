@@ -8,7 +8,7 @@ in storage, so a rerun does only what is missing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -21,6 +21,8 @@ from storage import uri as storage_uri
 from storage.config import StorageConfig
 from storage.uri import join, write_bytes_atomic
 
+M = TypeVar("M")
+
 CONFIG_FILE = "config.json"  # the stage's settings, beside its outputs, for `lvd info` and audits
 
 
@@ -29,12 +31,19 @@ class StageFailed(RuntimeError):
 
 
 def use_storage(cfg: StorageConfig) -> StorageConfig:
-    """Settings given in the flow's parameters win; the rest come from the worker's environment
-    (LVD_S3_ENDPOINT_URL, AWS_*), which is how deployments reach their object store."""
-    effective = StorageConfig.from_env(**cfg.model_dump(exclude_defaults=True))
+    """The one storage resolution of every flow: a value the parameters set wins, then the worker's
+    environment (LVD_ROOT, LVD_S3_*, AWS_*), then the default. "Set" means named in the parameters
+    (pydantic's ``model_fields_set``), so a root spelled equal to the default still wins over LVD_ROOT.
+    Flows must use the returned settings, never ``cfg`` itself."""
+    effective = StorageConfig.from_env(**cfg.model_dump(include=cfg.model_fields_set))
     storage_uri.configure(effective, export_env=True)
     storage_uri.clear_fs_cache()
     return effective
+
+
+def with_effective_storage(cfg: M) -> M:
+    """A flow's parameters with ``storage`` replaced by what `use_storage` resolves."""
+    return cfg.model_copy(update={"storage": use_storage(cfg.storage)})
 
 
 def prefect_task(fn: Callable, name: str, retries: int = 0, tags: Sequence[str] = ()):

@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.reporting import _artifact_key
-from flows.stages import prefect_task, use_storage
+from flows.stages import prefect_task, with_effective_storage
 from storage.config import StorageConfig
 from tasks.train.config import TrainConfig
 from tasks.train.report import knn_curve, knn_markdown, line_chart_png, phases_markdown
@@ -56,11 +56,17 @@ def publish_training_artifacts(summary: dict, run: str) -> None:
 
 
 @flow(name="train-dinov2")
-def train_dinov2(cfg: TrainFlowConfig = TrainFlowConfig()) -> dict:
-    """Train into {storage.root}/runs/{run}; returns the run summary (URIs and numbers only)."""
+def train_dinov2(cfg: TrainFlowConfig = TrainFlowConfig(), overrides: list[str] = []) -> dict:
+    """Train into {storage.root}/runs/{run}; returns the run summary (URIs and numbers only).
+
+    ``overrides`` are dotted ``key=value`` changes (as on the CLI) applied onto ``cfg``.
+    """
     from storage.uri import join
 
-    storage = use_storage(cfg.storage)
+    from lvd.config import override_model
+
+    cfg = with_effective_storage(override_model(cfg, overrides))
+    storage = cfg.storage
     run_uri = join(storage.root, "runs", cfg.run)
     summary = prefect_task(_train_task, name="train")(cfg.train, run_uri)
     publish_training_artifacts(summary, cfg.run)

@@ -113,3 +113,12 @@ def load_config(model: type[M], config: str | Path | None = None, overrides: lis
         data = loaded
     data = apply_overrides(model, data, overrides or [])
     return validate(model, data)
+
+
+def override_model(cfg: M, overrides: list[str] | None) -> M:
+    """`cfg` with dotted `key=value` overrides (the CLI's parser) applied; the fields `cfg` left unset stay
+    unset, so settings taken from the environment keep working."""
+    if not overrides:
+        return cfg
+    data = apply_overrides(type(cfg), cfg.model_dump(mode="json", exclude_unset=True), overrides)
+    return validate(type(cfg), data)
