@@ -165,8 +165,32 @@ def gpu_requirements(config: dict) -> tuple[bool, bool]:
     return cuda, cuda and any(flag not in (False, "never") for flag in faiss_flags)
 
 
+def faiss_distributions() -> list[str]:
+    """Installed faiss wheels: faiss-cpu and faiss-gpu* all write the same faiss/ package, so two of them
+    overwrite each other's files and the import that results is whichever unpacked last."""
+    from importlib.metadata import distributions
+
+    names = {(d.metadata["Name"] or "").lower().replace("_", "-") for d in distributions()}
+    return sorted(n for n in names if n == "faiss" or n.startswith("faiss-"))
+
+
+def check_faiss_install(installed: list[str] | None = None) -> Check | None:
+    """A mixed CPU + GPU faiss install, with the commands that leave exactly one build (None when fine)."""
+    installed = faiss_distributions() if installed is None else installed
+    cpu = [n for n in installed if n == "faiss-cpu"]
+    gpu = [n for n in installed if n.startswith("faiss-gpu")]
+    if not (cpu and gpu):
+        return None
+    both = " ".join(cpu + gpu)
+    return Check("faiss install", False, f"mixed install: {', '.join(cpu + gpu)} share one faiss/ package",
+                 f"pip uninstall -y {both} && pip install {gpu[0]}   (or pip install faiss-cpu on a CPU host)")
+
+
 def check_gpu(need_cuda: bool, need_faiss_gpu: bool) -> list[Check]:
     checks = []
+    mixed = check_faiss_install()
+    if mixed is not None:
+        checks.append(mixed)
     if need_cuda:
         import torch
 
