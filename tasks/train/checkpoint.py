@@ -4,7 +4,8 @@ Layout under ``{run}/checkpoints/``::
 
     step-000100/  .metadata, __0_0.distcp ...   model (student, teacher, heads, centers) + optimizer
                   extra-rank0.pt ...            per-rank: RNG states
-                  _COMPLETE.json                written last: step, world size, files, and the run's
+                  _COMPLETE.json                written last: step, world size, files with size and
+                                                sha256 (checked on every load), and the run's
                                                 own meta (training phase, data position)
 
 Model and optimizer go through ``get_state_dict``/``set_state_dict`` (full, unsharded keys), so
@@ -16,14 +17,16 @@ after a barrier. A reader only considers directories that have the marker.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import re
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 import torch
@@ -35,6 +38,31 @@ from storage import uri as su
 
 MARKER = "_COMPLETE.json"
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
+_CHUNK = 1 << 20
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class CheckpointDamaged(su.StorageError):
+    """A checkpoint file is missing, or its size or sha256 differs from the one its marker recorded."""
+
+
+def file_digest(path: str) -> dict[str, Any]:
+    """Size and sha256 of a local file, read in chunks so large shards never sit in memory."""
+    h, size = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def _gather(mine: Any) -> list[Any]:
+    if dist.is_available() and dist.is_initialized():
+        everyone: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, mine)
+        return everyone
+    return [mine]
 
 
 @dataclass(frozen=True)
@@ -152,9 +180,13 @@ def save_checkpoint(
 
     marker = {**(meta or {}), "step": step, "world_size": world, "format": "torch.distributed.checkpoint"}
     if local:
+        names = sorted(os.listdir(stage))
+        digests = {k: v for part in _gather({n: file_digest(os.path.join(stage, n)) for n in names[rank::world]})
+                   for k, v in part.items()}
         if rank == 0:
             _, final_path = su.open_fs(final_uri)
-            marker["files"] = sorted(os.listdir(stage))
+            marker["files"] = names
+            marker["digests"] = digests
             with open(os.path.join(stage, MARKER), "w") as f:
                 json.dump(marker, f)
             shutil.rmtree(final_path, ignore_errors=True)
@@ -163,14 +195,14 @@ def save_checkpoint(
         mine = [f for f in os.listdir(stage) if f.startswith(f"__{rank}_") or f == f"extra-rank{rank}.pt"]
         if rank == 0:
             mine += [f for f in os.listdir(stage) if f == ".metadata"]
+        own_digests = {fname: file_digest(os.path.join(stage, fname)) for fname in mine}
         for fname in mine:
             su.put_file_atomic(os.path.join(stage, fname), su.join(final_uri, fname))
-        everyone = [mine]
-        if dist.is_available() and dist.is_initialized():
-            everyone = [None] * world
-            dist.all_gather_object(everyone, mine)
+        everyone = _gather(own_digests)
         if rank == 0:
-            marker["files"] = sorted({f for files in everyone for f in files})
+            digests = {k: v for part in everyone for k, v in part.items()}
+            marker["files"] = sorted(digests)
+            marker["digests"] = dict(sorted(digests.items()))
             su.write_bytes_atomic(su.join(final_uri, MARKER), json.dumps(marker).encode())
         shutil.rmtree(stage, ignore_errors=True)
     _barrier()
@@ -195,19 +227,75 @@ def _local_copy(ref: CheckpointRef) -> tuple[str, bool]:
     with open(os.path.join(tmp, MARKER), "wb") as f:
         f.write(marker_bytes)
     for fname in json.loads(marker_bytes)["files"]:
-        with open(os.path.join(tmp, fname), "wb") as f:
-            f.write(su.read_bytes(su.join(ref.uri, fname)))
+        if not su.exists(su.join(ref.uri, fname)):
+            continue  # reported as missing by verify_local_copy
+        with su.open_input(su.join(ref.uri, fname)) as src, open(os.path.join(tmp, fname), "wb") as f:
+            shutil.copyfileobj(src, f, _CHUNK)
     return tmp, True
+
+
+def _problems(path: str, uri: str, marker: dict[str, Any], names: list[str]) -> list[str]:
+    problems = []
+    for name in names:
+        want = marker["digests"][name]
+        local = os.path.join(path, name)
+        if not os.path.exists(local):
+            problems.append(f"{su.join(uri, name)}: missing")
+            continue
+        size = os.path.getsize(local)
+        if size != want["size"]:
+            problems.append(f"{su.join(uri, name)}: size {size} bytes, expected {want['size']}")
+            continue
+        got = file_digest(local)["sha256"]
+        if got != want["sha256"]:
+            problems.append(f"{su.join(uri, name)}: sha256 {got}, expected {want['sha256']}")
+    return problems
+
+
+def verify_local_copy(path: str, ref: CheckpointRef) -> None:
+    """Compare every file with the size and sha256 in the marker (collective: each rank hashes its
+    share and all ranks agree), raising `CheckpointDamaged` before any tensor is read. A marker
+    from before digests were recorded is accepted with a warning."""
+    rank, world = _rank_world()
+    with open(os.path.join(path, MARKER)) as f:
+        marker = json.load(f)
+    if "digests" not in marker:
+        _log.warning("%s records no file digests (written by an older lvd): loaded unverified", ref.uri)
+        return
+    names = sorted(marker["digests"])
+    problems = sorted(p for part in _gather(_problems(path, ref.uri, marker, names[rank::world])) for p in part)
+    if problems:
+        raise CheckpointDamaged(f"checkpoint {ref.uri} is damaged: " + "; ".join(problems))
+
+
+def load_newest_good(run_uri: str, load: Callable[[CheckpointRef], T],
+                     warn: Callable[[str], None] | None = None) -> tuple[CheckpointRef, T] | None:
+    """``load`` the newest checkpoint that is not damaged, newest first, warning about each one
+    skipped; None when the run has none. Every checkpoint damaged is an error, not a fresh start."""
+    refs = list_checkpoints(run_uri)
+    for ref in reversed(refs):
+        try:
+            return ref, load(ref)
+        except CheckpointDamaged as err:
+            message = f"skipping damaged checkpoint {ref.uri}: {err}"
+            _log.warning(message)
+            if warn is not None:
+                warn(message)
+    if refs:
+        raise CheckpointDamaged(f"every checkpoint of {run_uri} is damaged; remove them to train from scratch")
+    return None
 
 
 def load_checkpoint(
     ref: CheckpointRef, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
 ) -> dict[str, Any] | None:
     """Load model (and optimizer) state in place; return this rank's extra state, or None when
-    the checkpoint was written by a different number of processes (then there is none for us)."""
+    the checkpoint was written by a different number of processes (then there is none for us).
+    Files are checked against the marker's digests first (`CheckpointDamaged`)."""
     rank, world = _rank_world()
     path, is_temp = _local_copy(ref)
     try:
+        verify_local_copy(path, ref)
         if optimizer is not None:
             model_sd, optim_sd = get_state_dict(model, optimizer, options=_options())
             state = {"model": model_sd, "optimizer": optim_sd}

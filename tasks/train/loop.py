@@ -30,8 +30,8 @@ from models.schedules import apply_step, build_param_groups, build_schedules
 from storage import uri as su
 from tasks.train.build import build_augmentation, build_collate, build_ssl
 from tasks.train.checkpoint import (
-    latest_checkpoint,
     load_checkpoint,
+    load_newest_good,
     read_marker,
     rng_state,
     save_checkpoint,
@@ -144,11 +144,14 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
 
     metrics = MetricsLog(su.join(run_uri, "metrics.parquet"))
     step, data_state = 0, None
-    ref = latest_checkpoint(run_uri)
-    if ref is not None:
+    def resume_from(ref):
         # The phase of the last step done; the loop moves on to the next phase itself.
         check_resumed_phase(read_marker(ref).get("phase"), phase_at(phases, max(ref.step - 1, 0)), ref.uri)
-        extra = load_checkpoint(ref, model, optimizer)
+        return load_checkpoint(ref, model, optimizer)
+
+    found = load_newest_good(run_uri, resume_from, log)
+    if found is not None:
+        ref, extra = found
         step = ref.step
         data_state = read_marker(ref).get("data")  # the same for every process count
         if extra is not None:
