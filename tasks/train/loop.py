@@ -150,6 +150,7 @@ def _train(cfg, run_uri, info: DistInfo, stop_at_step, before_step, log) -> dict
         return load_checkpoint(ref, model, optimizer)
 
     found = load_newest_good(run_uri, resume_from, log)
+    ref = found[0] if found is not None else None
     if found is not None:
         ref, extra = found
         step = ref.step
