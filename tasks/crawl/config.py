@@ -120,8 +120,9 @@ class CrawlConfig(BaseModel):
     )
     respect_robots_txt: bool = Field(True, description="Fetch robots.txt once per host and obey it for our agent.")
     x_robots_block: list[str] = Field(
-        default_factory=lambda: ["noai", "noimageai"],
-        description="X-Robots-Tag directives that opt an image out of the crawl.",
+        default_factory=lambda: ["noai", "noimageai", "noimageindex"],
+        description="Robots directives that opt out of the crawl: in an image's X-Robots-Tag header, or in a "
+        "page's <meta name=\"robots\"> or <meta name=\"{agent}\"> (then none of the page's images is taken).",
     )
     allow_private_networks: list[str] = Field(
         default_factory=list,

@@ -46,6 +46,8 @@ class FetchResult:
     attempts: int = 0
     elapsed: float = 0.0
     redirects: list[str] = field(default_factory=list)
+    truncated: bool = False  # an html or robots body cut at its byte limit
+
 
     @property
     def ok(self) -> bool:
@@ -250,7 +252,7 @@ class Fetcher:
                     if not 200 <= resp.status < 300:
                         raise _failed(reasons.http_status(resp.status), resp.reason or "", resp.status)
                     self._check_headers(resp, accept)
-                    result.body = await self._read_body(resp, accept)
+                    result.body, result.truncated = await self._read_body(resp, accept)
                     return None
             except (_Outcome, _Retry):
                 raise
@@ -294,7 +296,8 @@ class Fetcher:
     def _limit(self, accept: Accept) -> int:
         return {"image": self.cfg.max_bytes, "html": self.cfg.max_page_bytes, "robots": _ROBOTS_MAX_BYTES}[accept]
 
-    async def _read_body(self, resp: aiohttp.ClientResponse, accept: Accept) -> bytes:
+    async def _read_body(self, resp: aiohttp.ClientResponse, accept: Accept) -> tuple[bytes, bool]:
+        """The body, and whether it was cut at the limit (pages and robots files only; images are refused)."""
         limit = self._limit(accept)
         buf = bytearray()
         sniffed = accept != "image"
@@ -303,13 +306,13 @@ class Fetcher:
             if len(buf) > limit:
                 if accept == "robots" or accept == "html":
                     # Oversized pages and robots files are truncated, as browsers and RFC 9309 do.
-                    return bytes(buf[:limit])
+                    return bytes(buf[:limit]), True
                 raise _rejected(reasons.TOO_LARGE, f"body exceeds {limit} bytes", resp.status)
             if not sniffed and len(buf) >= 32:
                 sniffed = True
                 if sniff_mime(bytes(buf[:32])) is None and sniff_unsupported(bytes(buf[:64])) is None:
                     raise _rejected(reasons.NOT_AN_IMAGE, f"magic bytes {bytes(buf[:8]).hex()}", resp.status)
-        return bytes(buf)
+        return bytes(buf), False
 
 
 class _Retry(Exception):

@@ -1,4 +1,5 @@
-"""Image references from HTML: <img src|srcset|data-src|data-srcset> and <picture><source srcset>.
+"""Image references from HTML: <img src|srcset|data-src|data-srcset> and <picture><source srcset>, plus the
+page's <meta name=... content=...> pairs, which may carry robots opt-outs (see robots.meta_robots_opt_out).
 
 Built on the stdlib tolerant parser: unclosed tags, junk bytes and absurd attributes never raise; attribute
 values longer than the URL limit are kept so the caller can record them as too long.
@@ -72,6 +73,7 @@ def largest_candidate(candidates: list[SrcsetCandidate]) -> SrcsetCandidate | No
 class ExtractedPage:
     base_url: str
     refs: list[str] = field(default_factory=list)  # raw references in document order, duplicates kept
+    meta_directives: list[tuple[str, str]] = field(default_factory=list)  # (<meta name>, content), lowercase name
 
 
 class _ImageRefParser(HTMLParser):
@@ -82,6 +84,7 @@ class _ImageRefParser(HTMLParser):
         self.canonical: str | None = None
         self.picture_depth = 0
         self.refs: list[str] = []
+        self.meta_directives: list[tuple[str, str]] = []
 
     def _srcset_refs(self, value: str | None) -> list[str]:
         if not value:
@@ -93,7 +96,7 @@ class _ImageRefParser(HTMLParser):
         return [best.url] if best else []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in ("img", "source", "picture", "base", "link"):
+        if tag not in ("img", "source", "picture", "base", "link", "meta"):
             return
         a: dict[str, str] = {}
         for k, v in attrs:
@@ -101,6 +104,9 @@ class _ImageRefParser(HTMLParser):
                 a[k] = v
         if tag == "picture":
             self.picture_depth += 1
+        elif tag == "meta":
+            if a.get("name", "").strip(_WS) and a.get("content", "").strip(_WS):
+                self.meta_directives.append((a["name"].strip(_WS).lower(), a["content"].strip(_WS)))
         elif tag == "base":
             if self.base_href is None and a.get("href", "").strip(_WS):
                 self.base_href = a["href"].strip(_WS)
@@ -171,4 +177,4 @@ def extract_image_refs(html: str, page_url: str, srcset_mode: Literal["largest",
             base = page_url
     elif page_url.startswith("file:") and parser.canonical and parser.canonical.startswith(("http://", "https://")):
         base = parser.canonical
-    return ExtractedPage(base_url=base, refs=parser.refs)
+    return ExtractedPage(base_url=base, refs=parser.refs, meta_directives=parser.meta_directives)

@@ -41,6 +41,10 @@ GLOBAL_LIMIT_TIMEOUT = "global_limit_timeout"  # no shared per-host slot came fr
 GLOBAL_LIMIT_ERROR = "global_limit_error"  # the Prefect server could not keep the shared per-host limit
 # page-level (URL-list inputs)
 NOT_HTML = "not_html"
+# page-level, status "ok": the page was crawled, but only its first max_page_bytes were parsed
+PAGE_TRUNCATED = "page_truncated"
+# page-level, status "rejected": the page's own <meta name="robots"|agent> opts its images out
+META_ROBOTS = "meta_robots"
 
 STATUS_OK = "ok"
 STATUS_REJECTED = "rejected"

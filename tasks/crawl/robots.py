@@ -1,4 +1,5 @@
-"""robots.txt (RFC 9309 via urllib.robotparser) and X-Robots-Tag opt-outs."""
+"""robots.txt (RFC 9309 via urllib.robotparser) and robots opt-outs, sent as X-Robots-Tag headers or written in
+the page as <meta name="robots"> or <meta name="{agent}"> (one parser for both)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def x_robots_opt_out(values: list[str], agent: str, blocked: list[str]) -> str |
             if scope in (None, "*", agent) and token in blocked_set:
                 return token
     return None
+
+
+def meta_robots_opt_out(metas: list[tuple[str, str]], agent: str, blocked: list[str]) -> str | None:
+    """The first blocked directive in <meta name="robots"|"{agent}" content=...> tags, else None.
+
+    A meta tag named after an agent is the page's form of an agent-scoped header ("agent: directives").
+    """
+    agent = agent.lower()
+    values = [content if name == "robots" else f"{name}: {content}"
+              for name, content in metas if name in ("robots", agent)]
+    return x_robots_opt_out(values, agent, blocked)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from tasks.crawl import reasons
+from tasks.crawl.warc import iter_warc_records
 from storage.uri import exists, list_files, open_input, read_bytes, scheme_of
 
 InputKind = Literal["warc", "html", "urls"]
@@ -74,48 +74,34 @@ class Page:
     body: bytes = b""
     content_type: str = ""
     error: tuple[str, str] | None = None  # (reason, detail)
+    full_bytes: int = 0  # size of the whole document; more than len(body) when cut at max_page_bytes
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_bytes > len(self.body)
 
 
 def iter_warc_pages(uri: str, max_page_bytes: int) -> Iterator[Page]:
-    """HTML responses (and resources) of a WARC; a corrupt record ends the file with a recorded error."""
-    from warcio.archiveiterator import ArchiveIterator
-    from warcio.exceptions import ArchiveLoadFailed
-
+    """HTML responses (and resources) of a WARC; each damaged record becomes an error page with its offset."""
     with open_input(uri) as stream:
-        it = ArchiveIterator(stream)
-        while True:
-            try:
-                record = next(it)
-            except StopIteration:
-                return
-            except (ArchiveLoadFailed, ValueError, OSError, EOFError, zlib.error) as exc:
-                yield Page(url=uri, source=uri, error=(reasons.WARC_ERROR, f"{type(exc).__name__}: {str(exc)[:200]}"))
-                return
-            if record.rec_type not in ("response", "resource"):
+        for rec in iter_warc_records(stream, max_page_bytes):
+            if rec.error:
+                yield Page(url=rec.target or uri, source=uri, error=(reasons.WARC_ERROR, rec.error[:300]))
                 continue
-            target = record.rec_headers.get_header("WARC-Target-URI") or ""
-            if record.rec_type == "response":
-                if record.http_headers is None:
-                    continue
-                ctype = record.http_headers.get_header("Content-Type") or ""
-                status = record.http_headers.get_statuscode() or ""
-                if not status.startswith("2"):
-                    continue
-            else:
-                ctype = record.rec_headers.get_header("Content-Type") or ""
-            if not ctype.lower().split(";")[0].strip() in ("text/html", "application/xhtml+xml"):
+            if rec.rec_type not in ("response", "resource"):
                 continue
-            try:
-                body = record.content_stream().read(max_page_bytes)
-            except (ArchiveLoadFailed, ValueError, OSError, EOFError, zlib.error) as exc:
-                yield Page(url=target or uri, source=uri, error=(reasons.WARC_ERROR, f"{type(exc).__name__}: {exc}"[:200]))
-                return
-            yield Page(url=target, source=uri, body=body, content_type=ctype)
+            if rec.rec_type == "response" and not rec.http_status.startswith("2"):
+                continue
+            if rec.content_type.lower().split(";")[0].strip() not in ("text/html", "application/xhtml+xml"):
+                continue
+            yield Page(url=rec.target, source=uri, body=rec.body, content_type=rec.content_type,
+                       full_bytes=rec.body_bytes)
 
 
 def read_html_page(uri: str, max_page_bytes: int) -> Page:
     try:
-        body = read_bytes(uri)[:max_page_bytes]
+        whole = read_bytes(uri)
     except (FileNotFoundError, OSError) as exc:
         return Page(url=as_file_uri(uri), source=uri, error=(reasons.UNREADABLE_INPUT, f"{type(exc).__name__}: {exc}"[:200]))
-    return Page(url=as_file_uri(uri), source=uri, body=body, content_type="text/html")
+    return Page(url=as_file_uri(uri), source=uri, body=whole[:max_page_bytes], content_type="text/html",
+                full_bytes=len(whole))

@@ -28,6 +28,7 @@ from tasks.crawl.filters import UrlPolicy
 from tasks.crawl.html_extract import decode_html, extract_image_refs
 from tasks.crawl.imaging import ImageParams, Refused
 from tasks.crawl.records import RECORDS_SCHEMA, record
+from tasks.crawl.robots import meta_robots_opt_out
 from tasks.crawl.scheduler import run_per_host
 from tasks.crawl.sources import Page, expand_inputs, iter_warc_pages, read_html_page, read_url_lines
 from tasks.crawl.spool import SampleSpool
@@ -185,13 +186,24 @@ class _PartRun:
             self.duplicate_refs += 1
             return
         self.seen_pages.add(page.url)
-        self.pages += 1
-        self.add_page_row(page.url, page.source, reasons.STATUS_OK)
-        self.extract(page.url, page.body, page.content_type)
+        detail = f"parsed the first {len(page.body)} of {page.full_bytes} bytes" if page.truncated else ""
+        self.take_html(page.url, page.source, page.body, page.content_type, detail)
 
-    def extract(self, page_url: str, body: bytes, content_type: str) -> None:
+    def take_html(self, url: str, source: str, body: bytes, content_type: str, truncated: str = "",
+                  fetched: FetchResult | None = None, base_url: str | None = None) -> None:
+        """One page row (ok, page_truncated or meta_robots) and, unless the page opts out, its image references."""
         html = decode_html(body[: self.cfg.max_page_bytes], content_type)
-        extracted = extract_image_refs(html, page_url, self.cfg.srcset)
+        extracted = extract_image_refs(html, base_url or url, self.cfg.srcset)
+        opt_out = meta_robots_opt_out(extracted.meta_directives, self.cfg.agent_name, self.cfg.x_robots_block)
+        if opt_out:
+            self.add_page_row(url, source, reasons.STATUS_REJECTED, reasons.META_ROBOTS, opt_out, fetched)
+            return
+        self.pages += 1
+        reason = reasons.PAGE_TRUNCATED if truncated else ""
+        self.add_page_row(url, source, reasons.STATUS_OK, reason, truncated, fetched)
+        self.extract(extracted, base_url or url)
+
+    def extract(self, extracted, page_url: str) -> None:
         for ref in extracted.refs:
             try:
                 url = resolve_url(extracted.base_url, ref)
@@ -305,9 +317,8 @@ class _PartRun:
             if not f.ok:
                 self.add_page_row(url, source, f.status, f.reason, f.detail, f)
                 continue
-            self.pages += 1
-            self.add_page_row(url, source, reasons.STATUS_OK, fetched=f)
-            self.extract(f.final_url, f.body, f.content_type)
+            cut = f"parsed the first {len(f.body)} bytes; the page is longer" if f.truncated else ""
+            self.take_html(url, source, f.body, f.content_type, cut, f, base_url=f.final_url)
 
 
 async def _crawl(run: _PartRun) -> None:
