@@ -12,7 +12,7 @@ from flows.config import CurateConfig, PipelineConfig
 from flows.refresh import commit_version_inputs, plan_version, previous_stage
 from flows.runner import use_task_runner
 from flows.reporting import publish_curation_report, publish_stage_summary
-from flows.stages import map_parts, prefect_task, run_stage, with_effective_storage, write_stage_config
+from flows.stages import map_parts, prefect_task, run_stage, with_effective_storage
 from lvd.config import load_config, override_model
 from storage import uri as storage_uri
 from storage.commit import config_digest, digest_of_commit, publish_latest, read_commit, stage_uri
@@ -80,7 +80,6 @@ def run_dedup(cfg: CurateConfig, pool_uri: str, previous: str | None = None) -> 
     if prep["skip"]:
         get_run_logger().info("dedup: committed with the same config and input, skipping (%s)", out)
         return out, read_commit(out)
-    write_stage_config(out, cfg.dedup)
     map_parts("dedup", prep["shards"], lambda shard: dedup.dedup_shard_part(shard, out, cfg.dedup, embedder),
               part_label=basename)
     commit = prefect_task(dedup.dedup_finalize, name="dedup-finalize")(pool_uri, out, cfg.dedup, embedder, previous)
@@ -117,13 +116,11 @@ def run_embed(cfg: CurateConfig, pool_uri: str, dedup_uri: str) -> tuple[str, di
 
 def run_retrieval(cfg: CurateConfig, embed_uri: str, previous: str | None = None) -> tuple[str, dict]:
     out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "retrieve")
-    write_stage_config(out, cfg.retrieve)
     return out, prefect_task(run_retrieve, name="retrieve")(embed_uri, out, cfg.retrieve, previous)
 
 
 def run_shards(cfg: CurateConfig, retrieve_uri: str, pool_uri: str, previous: str | None = None) -> tuple[str, dict]:
     out = stage_uri(cfg.storage.root, cfg.dataset, cfg.version, "shards")
-    write_stage_config(out, cfg.shard)
     commit = prefect_task(write_curated_shards, name="shards")(retrieve_uri, pool_uri, out, cfg.shard,
                                                                 cfg.retrieve.queries, previous)
     return out, commit

@@ -173,7 +173,8 @@ def commit_version_inputs(cfg: CurateConfig, plan: VersionPlan) -> tuple[str, di
     cfg_digest = config_digest({"lineage": plan.lineage()})
     input_digest = config_digest({"new": [_identity(r) for r in plan.new],
                                   "consumed": [_identity(r) for r in plan.consumed]})
-    started = begin_stage(out, stage=INPUTS_STAGE, config_digest=cfg_digest, input_digest=input_digest)
+    started = begin_stage(out, stage=INPUTS_STAGE, config_digest=cfg_digest, input_digest=input_digest,
+                          config={"lineage": plan.lineage()})
     if started.skip:
         return out, started.commit
     return out, commit_inputs(out, version=plan.version, consumed=plan.consumed, new=plan.new,

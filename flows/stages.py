@@ -16,14 +16,12 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 
 from flows.runner import active_task_runner
-from storage.commit import begin_stage, canonical_json, config_digest
+from storage.commit import begin_stage, config_digest
 from storage import uri as storage_uri
 from storage.config import StorageConfig
-from storage.uri import join, write_bytes_atomic
 
 M = TypeVar("M")
 
-CONFIG_FILE = "config.json"  # the stage's settings, beside its outputs, for `lvd info` and audits
 
 
 class StageFailed(RuntimeError):
@@ -34,8 +32,11 @@ def use_storage(cfg: StorageConfig) -> StorageConfig:
     """The one storage resolution of every flow: a value the parameters set wins, then the worker's
     environment (LVD_ROOT, LVD_S3_*, AWS_*), then the default. "Set" means named in the parameters
     (pydantic's ``model_fields_set``), so a root spelled equal to the default still wins over LVD_ROOT.
-    Flows must use the returned settings, never ``cfg`` itself."""
-    effective = StorageConfig.from_env(**cfg.model_dump(include=cfg.model_fields_set))
+    A null is never a value: the UI form and a full ``model_dump`` send ``endpoint_url: null`` for "not
+    given", which must not hide the worker's LVD_S3_ENDPOINT_URL. Flows must use the returned settings,
+    never ``cfg`` itself."""
+    named = {k: v for k, v in cfg.model_dump(include=cfg.model_fields_set).items() if v is not None}
+    effective = StorageConfig.from_env(**named)
     storage_uri.configure(effective, export_env=True)
     storage_uri.clear_fs_cache()
     return effective
@@ -50,12 +51,6 @@ def prefect_task(fn: Callable, name: str, retries: int = 0, tags: Sequence[str] 
     """A Prefect task around a plain function; results are small summaries, so no caching."""
     return task(fn, name=name, retries=retries, retry_delay_seconds=5, cache_policy=NONE,
                 persist_result=False, tags=list(tags))
-
-
-def write_stage_config(stage_uri: str, config: Any) -> None:
-    """Keep the settings beside the outputs (`lvd info` shows them)."""
-    data = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
-    write_bytes_atomic(join(stage_uri, CONFIG_FILE), canonical_json(data))
 
 
 def in_callers_store(run_part: Callable[[Any], dict]) -> Callable[[Any], dict]:
@@ -131,11 +126,10 @@ def run_stage(
     """
     logger = get_run_logger()
     digest = config_digest(config)
-    plan = begin_stage(stage_uri, stage=stage, config_digest=digest, input_digest=input_digest)
+    plan = begin_stage(stage_uri, stage=stage, config_digest=digest, input_digest=input_digest, config=config)
     if plan.skip:
         logger.info("%s: committed with the same config and input, skipping (%s)", stage, stage_uri)
         return plan.commit
-    write_stage_config(stage_uri, config)
     logger.info("%s: %d parts, %d already done from an earlier run", stage, len(parts), len(plan.done))
     summaries = map_parts(stage, parts, run_part, part_label, part_retries)
     commit = prefect_task(finalize, name=f"{stage}-finalize")(summaries)

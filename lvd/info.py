@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from storage.commit import read_commit
+from storage.commit import CONFIG_FILE, read_commit
 from storage.uri import join, read_bytes
 
 
@@ -39,7 +39,7 @@ def describe_stage(uri: str) -> str:
         else:
             lines.append(f"  {value}")
     try:
-        config = json.loads(read_bytes(join(uri, "config.json")))
+        config = json.loads(read_bytes(join(uri, CONFIG_FILE)))
     except FileNotFoundError:
         config = None
     if config is not None:

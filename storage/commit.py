@@ -33,6 +33,7 @@ from storage.uri import file_size, join, read_bytes, remove, walk_files, write_b
 
 COMMIT_FILE = "_COMMITTED.json"
 STARTED_FILE = "_STARTED.json"
+CONFIG_FILE = "config.json"  # the stage's settings, beside its outputs
 PARTS_DIR = "_parts"
 LATEST_FILE = "latest"
 MANIFEST_FILE = "manifest.parquet"
@@ -195,13 +196,19 @@ class StagePlan:
         return part in self.done
 
 
-def begin_stage(stage_uri: str, *, stage: str, config_digest: str, input_digest: str) -> StagePlan:
+def begin_stage(
+    stage_uri: str, *, stage: str, config_digest: str, input_digest: str, config: object = None
+) -> StagePlan:
     """Decide how to run a stage: skip it, resume its finished parts, or start clean.
 
     * committed with the same digests: ``skip`` (nothing to do);
     * committed with other digests: :class:`StageConflict` (versions are immutable);
     * uncommitted, parts from a run with the same digests: those parts are reused;
     * uncommitted, left by a run with other digests: its files and parts are removed.
+
+    ``config`` (the stage's settings) is written as ``config.json`` only once the decision is to
+    run, after any clean start: a skipped or refused stage is never touched, and a stage that
+    starts clean still has its settings beside its outputs when it commits.
     """
     _check_name("stage", stage)
     try:
@@ -231,8 +238,18 @@ def begin_stage(stage_uri: str, *, stage: str, config_digest: str, input_digest:
         else:
             remove(join(stage_uri, PARTS_DIR), recursive=True)
         write_bytes_atomic(started_uri, canonical_json(dict(started, started_at=_now())))
+        _write_config(stage_uri, config)
         return StagePlan(stage_uri, skip=False)
+    _write_config(stage_uri, config)
     return StagePlan(stage_uri, skip=False, done=done_parts(stage_uri))
+
+
+def _write_config(stage_uri: str, config: object) -> None:
+    """The settings beside the outputs (`lvd info` and audits read them)."""
+    if config is None:
+        return
+    data = config.model_dump(mode="json") if isinstance(config, BaseModel) else config
+    write_bytes_atomic(join(stage_uri, CONFIG_FILE), canonical_json(data))
 
 
 def commit_stage(

@@ -97,7 +97,8 @@ def dedup_prepare(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedd
         check_embedder(embedder)
     shards = [s.url for s in manifest_shards(crawl_stage_uri)]
     cfg_digest, input_digest = stage_digests(crawl_stage_uri, cfg, embedder, previous)
-    plan = begin_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest)
+    plan = begin_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest,
+                      config=cfg)
     out = {"skip": plan.skip, "shards": shards, "done": sorted(plan.done), "config_digest": cfg_digest,
            "input_digest": input_digest}
     if plan.skip:

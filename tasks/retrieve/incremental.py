@@ -59,7 +59,7 @@ def run_refresh_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConf
         if len(q) and q.dim != centroids.shape[1]:
             raise EmbeddingMismatch(f"{name} has {q.dim}-d embeddings but {previous}'s centroids are "
                                     f"{centroids.shape[1]}-d")
-    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest)
+    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg)
     start = time.perf_counter()
     labels, pool_sims = assign(pool.vectors, centroids) if len(pool) else (np.zeros(0, np.int64),
                                                                           np.zeros(0, np.float32))

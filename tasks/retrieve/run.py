@@ -137,13 +137,13 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig, prev
         input_digest = config_digest({"embed": input_digest, "previous": digest_of_commit(previous)})
     digest = config_digest(cfg)
     if is_committed(stage_uri):  # same digests: skip; other digests: StageConflict
-        return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest).commit
+        return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg).commit
     if previous is not None:
         from tasks.retrieve.incremental import run_refresh_retrieve
 
         return run_refresh_retrieve(embed_stage_uri, stage_uri, cfg, previous, digest, input_digest)
     embed_commit, pool, queries = load_inputs(embed_stage_uri, cfg)
-    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest)
+    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg)
     start = time.perf_counter()
     if cfg.strategy == "hierarchical_balanced":
         hierarchy = hierarchical_kmeans(pool.vectors, cfg.balanced, cfg.kmeans.n_iter, cfg.kmeans.use_gpu)

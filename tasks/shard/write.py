@@ -145,7 +145,7 @@ def write_curated_shards(
         input_digest = config_digest({"retrieve": input_digest, "previous": digest_of_commit(previous)})
     digest = config_digest({"shard": cfg.model_dump(mode="json"), "as_is_sources": {q.name: q.uri for q in query_sets}})
     if is_committed(stage_uri):  # same digests: skip; other digests: StageConflict
-        return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest).commit
+        return begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg).commit
     carried = manifest_shards(previous) if previous is not None else []
     first = int(read_commit(previous).get("extra", {}).get("next_shard", len(carried))) if previous else 0
     rows = read_selection(retrieve_stage_uri).to_pylist()
@@ -156,7 +156,7 @@ def write_curated_shards(
     if missing:
         raise QuerySetError(f"the selection holds as-is images of {missing}; pass their QuerySetConfig")
     # Parts left by a run with other settings are discarded here, never mixed into this one.
-    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest)
+    begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg)
     n = len(rows)
     rng = np.random.default_rng(cfg.seed)
     nb = _bucket_count(n, cfg) if cfg.shuffle else 1
