@@ -19,7 +19,7 @@ from storage.commit import config_digest, digest_of_commit, publish_latest, read
 from storage.shards import manifest_shards
 from storage.uri import basename
 from tasks.crawl import stage as crawl
-from tasks.crawl.shared_limits import crawl_part_within_limits, prepare_crawl_limits
+from tasks.crawl.shared_limits import prepare_crawl_limits
 from tasks.dedup import stage as dedup
 from tasks.dedup.embedder import load_copy_embedder
 from tasks.embed import run as embed
@@ -46,7 +46,7 @@ def run_crawl(cfg: CurateConfig, parts: list[crawl.CrawlPart]) -> tuple[str, dic
         config=cfg.crawl,
         input_digest=digest,
         parts=parts,
-        run_part=lambda part: crawl_part_within_limits(part, out, cfg.crawl),
+        run_part=lambda part: crawl.crawl_part_within_limits(part, out, cfg.crawl),
         finalize=lambda summaries: crawl.finalize_crawl(out, parts, cfg.crawl, digest),
         part_label=lambda part: part.name,
     )

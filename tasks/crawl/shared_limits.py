@@ -1,5 +1,8 @@
 """Crawl limits shared by every worker (global_limits.mode 'prefect'): per-host slots and the S3 rate.
 
+The S3 rate is held around a whole part by tasks.crawl.stage.crawl_part_within_limits; this module is below
+the stage (the fetcher uses it), so it never imports the stage.
+
 The fetcher's own semaphores bound one process; this bounds all of them together, under one Prefect
 global concurrency limit per host (or registrable domain) with `max_per_host` slots, taken per request
 and given back once the response body is read or the request failed.
@@ -18,7 +21,6 @@ from tasks.global_limits import (
     limit_name,
     require_shared_server,
     s3_rate_gate,
-    s3_request_rate,
 )
 
 SETTING = "crawl.global_limits.mode='prefect'"
@@ -74,11 +76,3 @@ def prepare_crawl_limits(cfg: CrawlConfig) -> list[str]:
     s3_rate_gate(limits.s3_requests_per_second, limits.acquire_timeout)
     return [S3_REQUESTS]
 
-
-def crawl_part_within_limits(part, stage_uri: str, cfg: CrawlConfig) -> dict:
-    """`crawl_part` in whichever worker runs it, its S3 requests at the rate shared by all workers (the
-    per-host limits come with its fetcher)."""
-    from tasks.crawl.stage import crawl_part  # the stage's fetcher imports this module
-
-    with s3_request_rate(cfg.global_limits.s3_requests_per_second, cfg.global_limits.acquire_timeout):
-        return crawl_part(part, stage_uri, cfg)

@@ -1,6 +1,7 @@
 """The crawl stage: plan parts, crawl one part (extract, filter, download, decode, shard), finalize.
 
-Entry points for the flow: plan_crawl_parts, crawl_part, finalize_crawl. No Prefect here.
+Entry points for the flow: plan_crawl_parts, crawl_part (crawl_part_within_limits in a worker), finalize_crawl.
+No Prefect here.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tasks.crawl.scheduler import run_per_host
 from tasks.crawl.sources import Page, expand_inputs, iter_warc_pages, read_html_page, read_url_lines
 from tasks.crawl.spool import SampleSpool
 from tasks.crawl.urls import InvalidURL, normalise_url, origin, resolve_url
+from tasks.global_limits import s3_request_rate
 
 RECORDS_FILE = "records.parquet"
 PART_RECORDS_DIR = "records"
@@ -383,6 +385,13 @@ def crawl_part(part: CrawlPart, stage_uri: str, cfg: CrawlConfig) -> dict:
     mark_part_done(stage_uri, part.name, summary)
     return summary
 
+
+
+def crawl_part_within_limits(part, stage_uri: str, cfg: CrawlConfig) -> dict:
+    """`crawl_part` in whichever worker runs it, its S3 requests at the rate shared by all workers (the
+    per-host limits come with its fetcher)."""
+    with s3_request_rate(cfg.global_limits.s3_requests_per_second, cfg.global_limits.acquire_timeout):
+        return crawl_part(part, stage_uri, cfg)
 
 def finalize_crawl(stage_uri: str, parts: list[CrawlPart], cfg: CrawlConfig, input_digest: str) -> dict:
     """Merge the parts' records into records.parquet, write the shard manifest and commit the stage."""
