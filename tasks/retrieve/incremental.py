@@ -24,9 +24,9 @@ from tasks.embed.run import EmbeddingMismatch, load_pool_embeddings, load_query_
 from tasks.retrieve.config import RetrieveConfig
 from tasks.retrieve.index import build_index
 from tasks.retrieve.kmeans import assign
-from tasks.retrieve.run import (
+from tasks.retrieve.layout import (
     STAGE,
-    _npy_bytes,
+    npy_bytes,
     read_centroids,
     read_state,
     state_uri,
@@ -86,7 +86,7 @@ def run_refresh_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConf
     for qs in cfg.queries:  # a bar no new image changed is carried forward as it was
         if qs.rule == "sample" and not any(p.dataset == qs.name for p in picks):
             bar = read_state(previous, "topk", qs.name, np.zeros((0, 0), np.float32))
-            write_bytes_atomic(state_uri(stage_uri, "topk", qs.name), _npy_bytes(bar))
+            write_bytes_atomic(state_uri(stage_uri, "topk", qs.name), npy_bytes(bar))
     return commit_stage(
         stage_uri,
         stage=STAGE,

@@ -33,7 +33,7 @@ from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import join
 from tasks.retrieve.config import QuerySetConfig
 from tasks.retrieve.queries import QuerySetError, iter_query_images
-from tasks.retrieve.run import read_selection
+from tasks.retrieve.layout import read_selection
 from tasks.shard.config import ShardConfig
 
 STAGE = "shards"

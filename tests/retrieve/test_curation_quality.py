@@ -16,7 +16,8 @@ from tasks.embed.run import EmbeddingMismatch, embed_query_set, embed_shard, fin
 from tasks.retrieve.config import IndexConfig, KMeansConfig, QuerySetConfig, RetrieveConfig
 from tasks.retrieve.kmeans import KMeansError
 from tasks.retrieve.queries import QuerySetError
-from tasks.retrieve.run import read_centroids, read_selection, run_retrieve
+from tasks.retrieve.layout import read_centroids, read_selection
+from tasks.retrieve.run import run_retrieve
 from storage.tables import read_table
 from tests.support.curation_pool import build_pool
 

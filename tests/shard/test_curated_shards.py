@@ -15,7 +15,8 @@ from tasks.embed.config import EmbedConfig
 from tasks.embed.run import embed_query_set, embed_shard, finalize_embed
 from tasks.retrieve.config import KMeansConfig, QuerySetConfig, RetrieveConfig
 from tasks.retrieve.queries import QuerySetError
-from tasks.retrieve.run import read_selection, run_retrieve
+from tasks.retrieve.layout import read_selection
+from tasks.retrieve.run import run_retrieve
 from tasks.shard.config import ShardConfig
 from tasks.shard.report import composition_markdown
 from tasks.shard.write import composition_table, write_curated_shards
