@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from flows.runner import active_task_runner
@@ -28,17 +29,24 @@ class StageFailed(RuntimeError):
     """Some parts of a stage failed; the finished ones are kept for the rerun."""
 
 
-def use_storage(cfg: StorageConfig) -> StorageConfig:
+def use_storage(cfg: StorageConfig, check: bool | None = None) -> StorageConfig:
     """The one storage resolution of every flow: a value the parameters set wins, then the worker's
     environment (LVD_ROOT, LVD_S3_*, AWS_*), then the default. "Set" means named in the parameters
     (pydantic's ``model_fields_set``), so a root spelled equal to the default still wins over LVD_ROOT.
     A null is never a value: the UI form and a full ``model_dump`` send ``endpoint_url: null`` for "not
     given", which must not hide the worker's LVD_S3_ENDPOINT_URL. Flows must use the returned settings,
-    never ``cfg`` itself."""
+    never ``cfg`` itself.
+
+    Inside a flow run (or with ``check=True``) the root must also take a probe write, so a root that
+    cannot be written fails the run before any work, naming the root and the reason."""
     named = {k: v for k, v in cfg.model_dump(include=cfg.model_fields_set).items() if v is not None}
     effective = StorageConfig.from_env(**named)
     storage_uri.configure(effective, export_env=True)
     storage_uri.clear_fs_cache()
+    if check is None:
+        check = FlowRunContext.get() is not None  # resolving settings alone (tests, the CLI) touches nothing
+    if check:
+        storage_uri.check_root_writable(effective.root)
     return effective
 
 

@@ -98,15 +98,12 @@ def check_storage(storage: StorageConfig, timeout: float = 5.0) -> Check:
     """Credentials are accepted and the dataset root is writable (a probe object is written and removed)."""
     root = storage.root
     if not root.startswith("s3://"):
-        path = root.removeprefix("file://")
+        from storage.uri import RootNotWritable, check_root_writable
+
         try:
-            os.makedirs(path, exist_ok=True)
-            probe = os.path.join(path, f".lvd-doctor-{uuid.uuid4().hex}")
-            with open(probe, "wb") as f:
-                f.write(b"ok")
-            os.remove(probe)
-        except OSError as err:
-            return Check("storage", False, f"{root} not writable: {err}", "fix the path or set LVD_ROOT")
+            check_root_writable(root)  # the check every flow runs first
+        except (RootNotWritable, ValueError) as err:
+            return Check("storage", False, str(err), "fix the path or set LVD_ROOT")
         return Check("storage", True, f"{root} writable")
     import boto3
     import botocore.exceptions as bex

@@ -7,7 +7,9 @@ Layout under ``{root}/{dataset}/{version}/{stage}/``:
   so an interrupted run can reuse finished parts;
 * ``_STARTED.json``: the config and input digests of the run that produced the parts, so the
   output of a run with other settings is discarded instead of silently mixed in;
-* ``_COMMITTED.json``, written last: stage, digests, counts, code version, time, total bytes.
+* ``_COMMITTED.json``, written last: stage, digests, counts, code version, time, total bytes,
+  and ``timings`` (how long steps took), which like the time and code version is left out of
+  :func:`digest_of_commit`, so identical output keeps its digest however fast it was made.
 
 Readers call :func:`read_commit` (or :func:`require_committed`) before touching a stage;
 an uncommitted stage raises :class:`StageNotCommitted`. A committed version is immutable:
@@ -29,7 +31,16 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from storage.uri import file_size, join, read_bytes, remove, walk_files, write_bytes_atomic
+from storage.uri import (
+    abort_multipart_uploads,
+    file_size,
+    join,
+    read_bytes,
+    remove,
+    remove_temp_files,
+    walk_files,
+    write_bytes_atomic,
+)
 
 COMMIT_FILE = "_COMMITTED.json"
 STARTED_FILE = "_STARTED.json"
@@ -206,6 +217,9 @@ def begin_stage(
     * uncommitted, parts from a run with the same digests: those parts are reused;
     * uncommitted, left by a run with other digests: its files and parts are removed.
 
+    A stage that runs first loses what killed writers left in it: local temp files and open S3
+    multipart uploads under its prefix.
+
     ``config`` (the stage's settings) is written as ``config.json`` only once the decision is to
     run, after any clean start: a skipped or refused stage is never touched, and a stage that
     starts clean still has its settings beside its outputs when it commits.
@@ -223,6 +237,9 @@ def begin_stage(
             f"{commit.get('input_digest')}; this run has config {config_digest} and input {input_digest}. "
             "A committed version is immutable: write to a new version"
         )
+    # leftovers of writers killed mid-write: temp files (local) and open multipart uploads (S3)
+    remove_temp_files(stage_uri)
+    abort_multipart_uploads(stage_uri)
     started_uri = join(stage_uri, STARTED_FILE)
     started = {"stage": stage, "config_digest": config_digest, "input_digest": input_digest}
     previous = None
@@ -261,11 +278,14 @@ def commit_stage(
     counts: dict,
     extra: dict | None = None,
     require_parts: list[str] | None = None,
+    timings: dict | None = None,
 ) -> dict:
     """Write ``_COMMITTED.json`` last and return it.
 
     ``require_parts`` names parts that must all be marked done first, so a stage with a
-    missing part can never be committed.
+    missing part can never be committed. ``extra`` says what the stage holds and goes into
+    :func:`digest_of_commit`; ``timings`` (seconds, rates: anything that differs between two runs
+    of the same data) is recorded beside it and left out of the digest.
     """
     _check_name("stage", stage)
     if not isinstance(counts, dict):
@@ -277,6 +297,7 @@ def commit_stage(
                 f"refusing to commit {stage_uri}: {len(missing)} of {len(require_parts)} parts "
                 f"are not done ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
             )
+    remove_temp_files(stage_uri)  # a killed writer's temp file is no output of the stage
     files = {
         rel: size
         for rel, size in walk_files(stage_uri).items()
@@ -290,6 +311,7 @@ def commit_stage(
         "input_digest": input_digest,
         "counts": counts,
         "extra": extra or {},
+        "timings": timings or {},
         "code_version": code_version(),
         "committed_at": _now(),
         "files": len(files),
@@ -299,8 +321,8 @@ def commit_stage(
     return record
 
 
-# Fields of a commit record that say when and by which build it was written, not what it holds.
-_CIRCUMSTANTIAL = ("committed_at", "code_version")
+# Fields of a commit record that say when, by which build and how fast it was written, not what it holds.
+_CIRCUMSTANTIAL = ("committed_at", "code_version", "timings")
 
 
 def _check_manifest_shards(stage_uri: str, files: dict[str, int]) -> None:
@@ -333,8 +355,8 @@ def _check_manifest_shards(stage_uri: str, files: dict[str, int]) -> None:
 def digest_of_commit(stage_uri: str) -> str:
     """Input digest for the next stage: sha256 of what this stage's commit says it holds.
 
-    The time and code version are left out, so recommitting identical output (after an
-    interrupted run, or with a newer build) does not invalidate the stages downstream.
+    The time, code version and timings are left out, so recommitting identical output (after an
+    interrupted run, with a newer build, on a faster machine) does not invalidate the stages downstream.
     """
     record = read_commit(stage_uri)
     return hashlib.sha256(canonical_json({k: v for k, v in record.items() if k not in _CIRCUMSTANTIAL})).hexdigest()

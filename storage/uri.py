@@ -10,16 +10,23 @@ or stalled endpoint becomes a :class:`StorageUnavailable` naming the endpoint, n
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
+import logging
+import math
 import os
+import re
 import shutil
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import fsspec
+from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
 from storage.config import StorageConfig
@@ -35,6 +42,9 @@ _local_fs = LocalFileSystem()
 RequestGate = Callable[[str, str], None]
 _gates: Counter = Counter()
 _gates_lock = threading.Lock()
+_log = logging.getLogger(__name__)
+# S3 allows at most this many parts in one multipart upload.
+MAX_UPLOAD_PARTS = 10_000
 
 
 class StorageError(RuntimeError):
@@ -43,6 +53,10 @@ class StorageError(RuntimeError):
 
 class StorageUnavailable(StorageError):
     """The store could not be reached at all (connection refused, timed out, dropped)."""
+
+
+class RootNotWritable(StorageError):
+    """The dataset root cannot be created or written (checked before a flow does any work)."""
 
 
 def configure(cfg: StorageConfig | None, export_env: bool = False) -> None:
@@ -279,6 +293,179 @@ def _local_temp_name(path: str) -> str:
     return os.path.join(head, f".{tail}.tmp-{uuid.uuid4().hex[:12]}")
 
 
+# The names `_local_temp_name` gives: ".{final name}.tmp-{12 hex digits}".
+_TEMP_NAME_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{12}$")
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` (a file name, not a path) is the temp name of an unfinished local write."""
+    return bool(_TEMP_NAME_RE.match(name))
+
+
+def remove_temp_files(uri: str) -> list[str]:
+    """Delete the temp files that killed local writers left anywhere under ``uri``; returns their paths.
+
+    Only local stores have them: S3 objects go up under their final key (a multipart upload that
+    dies is aborted, see :func:`abort_multipart_uploads`). Call it only while nothing writes there.
+    """
+    if scheme_of(uri) != "file":
+        return []
+    _, path = open_fs(uri)
+    removed = []
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            if is_temp_name(name):
+                full = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(full)
+                    removed.append(full)
+    return removed
+
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename inside ``path`` durable (best effort: some filesystems refuse to open directories)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- S3 multipart uploads, driven from the calling thread --------------------------------------
+# s3fs aborts a failed multipart upload only on ``Exception``: a KeyboardInterrupt, or the
+# CancelledError its own deadline raises inside the upload, left the upload open with every part
+# stored (and billed) until a lifecycle rule removes it. Here every request of the upload is a
+# future the calling thread waits on, so any failure there, BaseException included, cancels the
+# parts in flight and aborts the upload before it propagates.
+def _s3_submit(fs, method: str, **kwargs) -> concurrent.futures.Future:
+    return asyncio.run_coroutine_threadsafe(fs._call_s3(method, **kwargs), fs.loop)
+
+
+def _s3_wait(future: concurrent.futures.Future, deadline: float | None):
+    left = None if deadline is None else deadline - time.monotonic()
+    if left is not None and left <= 0:
+        raise FSTimeoutError("the upload deadline passed without an answer")
+    try:
+        return future.result(timeout=left)
+    except concurrent.futures.TimeoutError:
+        if future.done():  # the request itself timed out
+            raise
+        raise FSTimeoutError("the upload deadline passed without an answer") from None
+
+
+def _s3_request(fs, deadline: float | None, method: str, **kwargs):
+    future = _s3_submit(fs, method, **kwargs)
+    try:
+        return _s3_wait(future, deadline)
+    except BaseException:
+        future.cancel()
+        raise
+
+
+def _abort_deadline() -> float:
+    cfg = current_config()
+    return time.monotonic() + cfg.max_attempts * (cfg.connect_timeout + cfg.read_timeout + 2.0)
+
+
+def _abort_upload(fs, bucket: str, key: str, upload_id: str) -> bool:
+    """Abort one multipart upload; False (logged) when the store could not be told."""
+    try:
+        _s3_request(fs, _abort_deadline(), "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id)
+        return True
+    except FileNotFoundError:  # NoSuchUpload: already aborted or completed
+        return True
+    except Exception as exc:
+        _log.warning("could not abort multipart upload %s of s3://%s/%s (%s: %s); abort_multipart_uploads on the "
+                     "prefix removes it later", upload_id, bucket, key, type(exc).__name__, exc)
+        return False
+
+
+def _multipart_upload(fs, path: str, chunks: Iterator[bytes | memoryview], deadline: float,
+                      progress: Callable[[int], None] | None = None) -> None:
+    """Upload ``chunks`` as the parts of one multipart upload of ``path`` (``bucket/key``), at most
+    ``fs.max_concurrency`` parts in flight. Whatever interrupts it (an error, a timeout, a
+    KeyboardInterrupt or CancelledError, a ``progress`` callback that raises) aborts the upload."""
+    bucket, key, _ = fs.split_path(path)
+    upload_id = _s3_request(fs, deadline, "create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+    in_flight: list[tuple[int, int, concurrent.futures.Future]] = []
+    done: list[dict] = []
+    sent = 0
+    concurrency = max(1, int(getattr(fs, "max_concurrency", 1) or 1))
+
+    def finish_oldest() -> None:
+        nonlocal sent
+        number, size, future = in_flight[0]
+        etag = _s3_wait(future, deadline)["ETag"]
+        in_flight.pop(0)
+        done.append({"PartNumber": number, "ETag": etag})
+        sent += size
+        if progress is not None:
+            progress(sent)
+
+    try:
+        for number, chunk in enumerate(chunks, start=1):
+            in_flight.append((number, len(chunk), _s3_submit(
+                fs, "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=bytes(chunk))))
+            while len(in_flight) >= concurrency:
+                finish_oldest()
+        while in_flight:
+            finish_oldest()
+        _s3_request(fs, deadline, "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": done})
+    except BaseException:
+        for _, _, future in in_flight:
+            future.cancel()
+        _abort_upload(fs, bucket, key, upload_id)
+        raise
+    fs.invalidate_cache(path)
+
+
+def _part_size(total: int, chunksize: int) -> int:
+    return max(chunksize, math.ceil(total / MAX_UPLOAD_PARTS))
+
+
+def _goes_multipart(total: int, chunksize: int) -> bool:
+    # as s3fs decides: one PUT below two parts' worth (and below S3's 5 GiB PUT limit)
+    return total >= min(5 * 2**30, 2 * chunksize)
+
+
+def abort_multipart_uploads(uri: str) -> list[str]:
+    """Abort every open multipart upload of a key under the prefix ``uri`` (S3 only; elsewhere a no-op).
+
+    Uploads whose writer was killed before it could abort them stay open, with their parts stored,
+    until someone aborts them; a stage calls this when it begins, before any of its writers start.
+    Returns the keys whose uploads were aborted.
+    """
+    if scheme_of(uri) != "s3":
+        return []
+    fs, path = open_fs(uri)
+    bucket, _, prefix = path.partition("/")
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    aborted = []
+    with guard(uri, "aborting unfinished uploads under"):
+        markers: dict = {}
+        while True:
+            page = fs.call_s3("list_multipart_uploads", Bucket=bucket, Prefix=prefix, **markers)
+            for upload in page.get("Uploads") or []:
+                key = upload["Key"]
+                if not key.startswith(prefix):  # a store that ignores Prefix
+                    continue
+                if _abort_upload(fs, bucket, key, upload["UploadId"]):
+                    aborted.append(key)
+            if not page.get("IsTruncated"):
+                break
+            markers = {"KeyMarker": page.get("NextKeyMarker", ""),
+                       "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+            if not markers["KeyMarker"] and not markers["UploadIdMarker"]:
+                break
+    return aborted
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write ``data`` so readers see either the old object or the whole new one."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -300,11 +487,22 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     with guard(uri, "writing"):
         cfg = current_config()
         deadline = S3FS_ATTEMPTS * cfg.upload_deadline(len(data))
-        fs.pipe_file(path, bytes(data), chunksize=cfg.multipart_chunksize, timeout=deadline)
+        if not _goes_multipart(len(data), cfg.multipart_chunksize):
+            fs.pipe_file(path, bytes(data), chunksize=cfg.multipart_chunksize, timeout=deadline)
+            return
+        view = memoryview(data).cast("B")
+        step = _part_size(len(view), cfg.multipart_chunksize)
+        _multipart_upload(fs, path, (view[i:i + step] for i in range(0, len(view), step)),
+                          time.monotonic() + deadline)
 
 
-def put_file_atomic(local_path: str, uri: str) -> None:
-    """Publish a finished local file at ``uri`` (rename locally, single PUT or multipart on S3)."""
+def put_file_atomic(local_path: str, uri: str, progress: Callable[[int], None] | None = None) -> None:
+    """Publish a finished local file at ``uri`` (rename locally, single PUT or multipart on S3).
+
+    A local copy is fsynced before its rename, so a crash never leaves an empty file under the final
+    name. On S3 a multipart upload that fails or is interrupted in any way is aborted. ``progress``
+    is called with the bytes uploaded so far after each multipart part.
+    """
     fs, path = open_fs(uri)
     if scheme_of(uri) == "file":
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -312,16 +510,26 @@ def put_file_atomic(local_path: str, uri: str) -> None:
             return
         tmp = _local_temp_name(path)
         try:
-            shutil.copyfile(local_path, tmp)
+            with open(local_path, "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 8 * 2**20)
+                dst.flush()
+                os.fsync(dst.fileno())
             os.replace(tmp, path)
+            _fsync_dir(os.path.dirname(path))
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return
     with guard(uri, "uploading"):
         cfg = current_config()
-        deadline = S3FS_ATTEMPTS * cfg.upload_deadline(os.path.getsize(local_path))
-        fs.put_file(local_path, path, chunksize=cfg.multipart_chunksize, timeout=deadline)
+        size = os.path.getsize(local_path)
+        deadline = S3FS_ATTEMPTS * cfg.upload_deadline(size)
+        if not _goes_multipart(size, cfg.multipart_chunksize):
+            fs.put_file(local_path, path, chunksize=cfg.multipart_chunksize, timeout=deadline)
+            return
+        step = _part_size(size, cfg.multipart_chunksize)
+        with open(local_path, "rb") as f:
+            _multipart_upload(fs, path, iter(lambda: f.read(step), b""), time.monotonic() + deadline, progress)
 
 
 def exists(uri: str) -> bool:
@@ -407,3 +615,44 @@ def open_input(uri: str) -> Iterator[BinaryIO]:
             raise FileNotFoundError(f"{uri} does not exist") from exc
     with f:
         yield f
+
+
+def check_root_writable(root: str) -> None:
+    """Fail fast, naming ``root`` and the reason, unless a probe can be written under it and removed.
+
+    Local roots are created first (with their parents); an S3 root gets a hidden probe object.
+    Raises :class:`RootNotWritable` (or :class:`StorageUnavailable` when S3 cannot be reached).
+    """
+    probe_name = f".lvd-probe-{uuid.uuid4().hex[:12]}"
+    if scheme_of(root) == "file":
+        _, path = open_fs(root)
+        step = "creating the directory"
+        try:
+            os.makedirs(path, exist_ok=True)
+            if not os.path.isdir(path):
+                raise NotADirectoryError(f"{path} exists and is not a directory")
+            step = "writing a probe file in"
+            probe = os.path.join(path, probe_name)
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+            step = "removing the probe file from"
+            os.remove(probe)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+            raise RootNotWritable(
+                f"storage root {root} is not writable: {step} {path} failed: {reason}{where} "
+                f"[{type(exc).__name__}]; set storage.root (or LVD_ROOT) to a writable directory"
+            ) from exc
+        return
+    probe = join(root, probe_name)
+    try:
+        write_bytes_atomic(probe, b"ok")
+        remove(probe)
+    except StorageUnavailable:
+        raise
+    except (OSError, StorageError) as exc:
+        raise RootNotWritable(
+            f"storage root {root} at {endpoint_of(root)} is not writable: {type(exc).__name__}: {exc}; "
+            "check the bucket, the credentials and storage.root (or LVD_ROOT)"
+        ) from exc
