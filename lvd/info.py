@@ -29,7 +29,7 @@ def describe_stage(uri: str) -> str:
         lines.append("counts")
         width = max(len(k) for k in counts)
         lines += [f"  {k:<{width}}  {v}" for k, v in counts.items()]
-    for key, value in (commit.get("extra") or {}).items():
+    for key, value in {**(commit.get("extra") or {}), **(commit.get("timings") or {})}.items():
         lines.append(key)
         if isinstance(value, dict):
             width = max((len(str(k)) for k in value), default=0)

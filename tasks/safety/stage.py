@@ -209,6 +209,7 @@ def finalize_safety(stage_uri: str, parts: list[SafetyPart | dict], cfg: SafetyC
     step_seconds = {k: round(sum(s["step_seconds"].get(k, 0.0) for s in summaries), 3) for k in STEPS}
     return commit_stage(
         stage_uri, stage=STAGE, config_digest=config_digest(cfg), input_digest=input_digest, counts=counts,
-        extra={"models": resolve_models(cfg).identity(), "step_seconds": step_seconds},
+        extra={"models": resolve_models(cfg).identity()},
+        timings={"step_seconds": step_seconds},  # out of the digest: they differ run to run
         require_parts=[p.name for p in parts],
     )
