@@ -131,7 +131,7 @@ def check_before_start(cfg: CurateConfig) -> None:
     if not cfg.inputs:
         raise ValueError("inputs: curate-lvd needs at least one crawl input (WARC, HTML or URL-list files)")
     cfg.retrieve.require_queries()
-    from tasks.retrieve.queries import check_query_set
+    from tasks.queries.sets import check_query_set
 
     for qs in cfg.retrieve.queries:
         check_query_set(qs)

@@ -30,8 +30,8 @@ from storage.uri import basename, join, list_files, read_bytes, write_bytes_atom
 from tasks.embed.backbone import Embedder, embedder_from_config
 from tasks.embed.config import EmbedConfig
 from tasks.embed.loader import embed_items
-from tasks.retrieve.config import QuerySetConfig
-from tasks.retrieve.queries import QuerySetError, iter_query_images, check_query_set
+from tasks.queries.config import QuerySetConfig
+from tasks.queries.sets import QuerySetError, iter_query_images, check_query_set
 
 STAGE = "embed"
 _INDEX_RE = re.compile(r"(\d+)\D*$")

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pyarrow.parquet as pq
 
 from storage.uri import basename, exists, join, list_files, open_input, read_bytes, walk_files
-from tasks.retrieve.config import QuerySetConfig
+from tasks.queries.config import QuerySetConfig
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _LABEL_EXTENSIONS = ("cls", "label", "txt")

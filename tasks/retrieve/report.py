@@ -15,8 +15,8 @@ from PIL import Image, ImageDraw
 from storage.shards import iter_samples
 from storage.tables import read_table
 from storage.uri import join
-from tasks.retrieve.config import QuerySetConfig
-from tasks.retrieve.queries import iter_query_images
+from tasks.queries.config import QuerySetConfig
+from tasks.queries.sets import iter_query_images
 
 _BG, _FG, _BAR, _GRID = (255, 255, 255), (20, 20, 20), (52, 101, 164), (225, 225, 225)
 

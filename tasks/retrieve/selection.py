@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tasks.retrieve.config import QuerySetConfig
+from tasks.queries.config import QuerySetConfig
 from tasks.retrieve.kmeans import assign
 from tasks.retrieve.index import BuiltIndex
 

@@ -31,8 +31,8 @@ from storage.commit import (
 from storage.shards import ShardInfo, ShardWriter, iter_samples, manifest_shards, write_manifest
 from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import join
-from tasks.retrieve.config import QuerySetConfig
-from tasks.retrieve.queries import QuerySetError, iter_query_images
+from tasks.queries.config import QuerySetConfig
+from tasks.queries.sets import QuerySetError, iter_query_images
 from tasks.retrieve.layout import read_selection
 from tasks.shard.config import ShardConfig
 

@@ -21,8 +21,8 @@ from tasks.embed.run import (
     load_pool_embeddings,
     load_query_embeddings,
 )
-from tasks.retrieve.config import QuerySetConfig
-from tasks.retrieve.queries import QuerySetError, iter_query_images
+from tasks.queries.config import QuerySetConfig
+from tasks.queries.sets import QuerySetError, iter_query_images
 
 CFG = EmbedConfig(backbone="pixels:16", batch_size=16)
 

@@ -13,9 +13,10 @@ import pytest
 from storage.commit import read_commit
 from tasks.embed.config import EmbedConfig
 from tasks.embed.run import EmbeddingMismatch, embed_query_set, embed_shard, finalize_embed
-from tasks.retrieve.config import IndexConfig, KMeansConfig, QuerySetConfig, RetrieveConfig
+from tasks.queries.config import QuerySetConfig
+from tasks.queries.sets import QuerySetError
+from tasks.retrieve.config import IndexConfig, KMeansConfig, RetrieveConfig
 from tasks.retrieve.kmeans import KMeansError
-from tasks.retrieve.queries import QuerySetError
 from tasks.retrieve.layout import read_centroids, read_selection
 from tasks.retrieve.run import run_retrieve
 from storage.tables import read_table

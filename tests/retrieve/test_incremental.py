@@ -1,7 +1,8 @@
 """Refresh rules: a refresh picks among new images what a rebuild over every version would pick."""
 import numpy as np
 
-from tasks.retrieve.config import IndexConfig, QuerySetConfig
+from tasks.queries.config import QuerySetConfig
+from tasks.retrieve.config import IndexConfig
 from tasks.retrieve.index import build_index
 from tasks.retrieve.kmeans import normalise_rows
 from tasks.retrieve.selection import cluster_rule, sample_rule, sample_rule_after

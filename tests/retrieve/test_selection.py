@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
+from tasks.queries.config import QuerySetConfig
 from tasks.retrieve.balanced import Hierarchy, balanced_sample, hierarchical_kmeans, water_fill
-from tasks.retrieve.config import BalancedConfig, IndexConfig, QuerySetConfig
+from tasks.retrieve.config import BalancedConfig, IndexConfig
 from tasks.retrieve.index import build_index
 from tasks.retrieve.kmeans import normalise_rows
 from tasks.retrieve.selection import Picks, cluster_rule, merge_picks, sample_rule

@@ -13,8 +13,9 @@ from storage.tables import read_table
 from storage.uri import join, list_files
 from tasks.embed.config import EmbedConfig
 from tasks.embed.run import embed_query_set, embed_shard, finalize_embed
-from tasks.retrieve.config import KMeansConfig, QuerySetConfig, RetrieveConfig
-from tasks.retrieve.queries import QuerySetError
+from tasks.queries.config import QuerySetConfig
+from tasks.queries.sets import QuerySetError
+from tasks.retrieve.config import KMeansConfig, RetrieveConfig
 from tasks.retrieve.layout import read_selection
 from tasks.retrieve.run import run_retrieve
 from tasks.shard.config import ShardConfig
