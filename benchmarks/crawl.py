@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.crawl.demo_web import build_demo_web, serve_demo_web
+from lvd.demo_web import build_demo_web, serve_demo_web
 from tasks.crawl.imaging import ImageParams, Processed, process_image
 from tasks.crawl.stage import CrawlPart, crawl_part
 

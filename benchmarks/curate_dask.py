@@ -22,7 +22,7 @@ def curate_once(web_dir: Path, root: str, workers: int, pages_per_part: int) -> 
     from flows.curate_lvd import curate_lvd
     from lvd.config import validate
     from lvd.demo import demo_config
-    from tasks.crawl.demo_web import DemoWeb, serve_demo_web
+    from lvd.demo_web import DemoWeb, serve_demo_web
 
     web = DemoWeb.load(web_dir)
     with serve_demo_web(web_dir) as server:
@@ -44,7 +44,7 @@ def main() -> None:
 
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from tasks.crawl.demo_web import build_demo_web
+    from lvd.demo_web import build_demo_web
     from tests.support.prefect_stack import prefect_server
 
     with tempfile.TemporaryDirectory(prefix="lvd-dask-bench-") as tmp:

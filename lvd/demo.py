@@ -72,7 +72,7 @@ def demo_config(config: str, overrides: list[str], server, web) -> PipelineConfi
 
 def run_demo(data_dir: str, config: str = "cpu-tiny", overrides: list[str] | None = None) -> dict:
     from flows.pipeline import lvd_pipeline
-    from tasks.crawl.demo_web import DemoWeb, build_demo_web, serve_demo_web
+    from lvd.demo_web import DemoWeb, build_demo_web, serve_demo_web
 
     web_dir = Path(data_dir) / "demo-web"
     if (web_dir / "demo.json").exists():

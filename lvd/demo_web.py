@@ -101,7 +101,7 @@ def _package_dir(name: str) -> Path | None:
     return Path(spec.origin).parent if spec is not None and spec.origin else None
 
 
-def _photo_paths() -> list[Path]:
+def photo_paths() -> list[Path]:
     """Sample photos shipped by scikit-image and scikit-learn (the dev extra), where installed."""
     paths = []
     skimage_dir = _package_dir("skimage")
@@ -114,7 +114,7 @@ def _photo_paths() -> list[Path]:
 
 
 def _photo_crops(n: int, rng: random.Random) -> list[Image.Image]:
-    paths = _photo_paths()
+    paths = photo_paths()
     if not paths or n <= 0:
         return []
     photos = [Image.open(p) for p in paths]
@@ -239,7 +239,7 @@ def build_demo_web(directory: str | os.PathLike, n_images: int = 100, seed: int 
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     site = _Site(root)
-    photos = _photo_crops(int(round(n_images * photo_fraction)), rng) if _photo_paths() else []
+    photos = _photo_crops(int(round(n_images * photo_fraction)), rng) if photo_paths() else []
     fashion = _fashion_images(n_images - len(photos), rng)
     pictures = fashion + photos
     rng.shuffle(pictures)
@@ -328,7 +328,7 @@ def build_demo_web(directory: str | os.PathLike, n_images: int = 100, seed: int 
     meta = {
         "pages": pages, "good_images": good + [u for u, (s, _) in expected.items() if s == "ok"],
         "expected": expected, "html_files": html_files,
-        "sources": {"fashion_mnist": len(fashion), "photo_crops": len(photos), "photo_files": len(_photo_paths())},
+        "sources": {"fashion_mnist": len(fashion), "photo_crops": len(photos), "photo_files": len(photo_paths())},
     }
     (root / "demo.json").write_text(json.dumps(meta, indent=1))
     return DemoWeb.load(root)
@@ -534,7 +534,7 @@ def serve_demo_web(directory: str | os.PathLike, process: bool = False) -> Itera
         thread.join(timeout=10)
 
 
-if __name__ == "__main__":  # python -m tasks.crawl.demo_web DIR [N]: build and serve until interrupted
+if __name__ == "__main__":  # python -m lvd.demo_web DIR [N]: build and serve until interrupted
     import sys
 
     target = sys.argv[1] if len(sys.argv) > 1 else "demo-web"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.crawl.demo_web import build_demo_web, serve_demo_web
+from lvd.demo_web import build_demo_web, serve_demo_web
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from warcio.warcwriter import WARCWriter
 
 from storage.tables import read_table
 from tasks.crawl import reasons
-from tasks.crawl.demo_web import SHOP
+from lvd.demo_web import SHOP
 from tasks.crawl.fetch import Fetcher
 from tasks.crawl.html_extract import extract_image_refs
 from tasks.crawl.robots import meta_robots_opt_out

@@ -3,7 +3,7 @@
 import asyncio
 
 from tasks.crawl import reasons
-from tasks.crawl.demo_web import CDN, FLAKY, SHOP, SLOW
+from lvd.demo_web import CDN, FLAKY, SHOP, SLOW
 from tasks.crawl.fetch import Fetcher
 
 

@@ -7,14 +7,14 @@ import pytest
 from PIL import Image
 
 from tasks.crawl import reasons
-from tasks.crawl.demo_web import _photo_paths, decompression_bomb_png
+from lvd.demo_web import photo_paths, decompression_bomb_png
 from tasks.crawl.imaging import ImageParams, Processed, Refused, process_image, sniff_mime
 
 PARAMS = ImageParams(max_pixels=50_000_000, min_side=32, max_aspect_ratio=4.0, max_side=512, jpeg_quality=90)
 
 
 def _photo() -> Image.Image:
-    paths = _photo_paths()
+    paths = photo_paths()
     if paths:
         return Image.open(next(p for p in paths if p.name == "astronaut.png")).convert("RGB")
     from tasks.datasets import fashion_mnist

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from tasks.crawl.demo_web import CDN, SLOW
+from lvd.demo_web import CDN, SLOW
 from tasks.crawl.fetch import Fetcher
 from tasks.crawl.scheduler import run_per_host
 

@@ -197,7 +197,7 @@ def _published(stage_uri: str, root: str) -> dict:
 def test_crawl_output_does_not_depend_on_download_order(crawl_web, tmp_path):
     """One connection at a time (downloads finish in plan order) and many at once (in whatever
     order the network allows) store the same shard bytes and the same records, in key order."""
-    from tasks.crawl.demo_web import serve_demo_web
+    from lvd.demo_web import serve_demo_web
 
     published = []
     for name, concurrency in (("serial", 1), ("parallel", 32)):

@@ -63,7 +63,7 @@ def stack(s3_server, tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo(stack, tmp_path_factory):
     from lvd.demo import demo_config
-    from tasks.crawl.demo_web import DemoWeb, build_demo_web, serve_demo_web
+    from lvd.demo_web import DemoWeb, build_demo_web, serve_demo_web
 
     web_dir = tmp_path_factory.mktemp("demo-web")
     build_demo_web(web_dir, n_images=60, seed=3)

@@ -16,7 +16,7 @@ def prefect_backend():
 
 @pytest.fixture(scope="session")
 def demo_web_dir(tmp_path_factory):
-    from tasks.crawl.demo_web import build_demo_web
+    from lvd.demo_web import build_demo_web
 
     root = tmp_path_factory.mktemp("demo-web")
     build_demo_web(root, n_images=60, seed=1)

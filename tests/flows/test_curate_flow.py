@@ -7,7 +7,7 @@ from lvd.config import validate
 from storage.commit import read_commit, stage_uri
 from storage.shards import iter_samples, read_manifest
 from storage.uri import join, open_fs, remove
-from tasks.crawl.demo_web import DemoWeb, serve_demo_web
+from lvd.demo_web import DemoWeb, serve_demo_web
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 

@@ -6,7 +6,7 @@ import pytest
 from flows.runner import RunnerConfig, RunnerUnreachable
 from storage.commit import stage_uri
 from storage.uri import exists
-from tasks.crawl.demo_web import DemoWeb, serve_demo_web
+from lvd.demo_web import DemoWeb, serve_demo_web
 from tests.support.curation_runs import curate_config, curate_demo
 from tests.support.published import differing
 

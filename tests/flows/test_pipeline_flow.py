@@ -3,7 +3,7 @@ skips what is committed."""
 import pytest
 
 from storage.commit import read_commit, read_latest, stage_uri
-from tasks.crawl.demo_web import DemoWeb, serve_demo_web
+from lvd.demo_web import DemoWeb, serve_demo_web
 from tasks.embed.backbone import load_embedder
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_backend")]

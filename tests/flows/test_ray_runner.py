@@ -11,7 +11,7 @@ import pytest
 from flows.runner import RunnerConfig, RunnerUnreachable
 from storage.commit import stage_uri
 from storage.uri import exists
-from tasks.crawl.demo_web import DemoWeb, serve_demo_web
+from lvd.demo_web import DemoWeb, serve_demo_web
 from tests.support.curation_runs import curate_config, curate_in_loopback_namespace, unshare_refusal
 from tests.support.published import differing
 

@@ -13,7 +13,7 @@ from storage.commit import read_commit, read_latest, stage_uri
 from storage.shards import iter_samples, read_manifest
 from storage.tables import read_table
 from storage.uri import join
-from tasks.crawl.demo_web import CDN, SHOP, DemoWeb, serve_demo_web
+from lvd.demo_web import CDN, SHOP, DemoWeb, serve_demo_web
 
 pytestmark = pytest.mark.usefixtures("prefect_backend")
 DATASET = "lvd-demo"

@@ -8,7 +8,7 @@ import pytest
 from flows.deployments import CPU_POOL, GPU_POOL
 from storage.commit import read_commit, stage_uri
 from storage.shards import read_manifest
-from tasks.crawl.demo_web import DemoWeb, build_demo_web, serve_demo_web
+from lvd.demo_web import DemoWeb, build_demo_web, serve_demo_web
 from tests.support.prefect_stack import prefect_cli, prefect_server, process_worker, wait_flow_run
 
 pytestmark = pytest.mark.slow

@@ -5,7 +5,7 @@ import pytest
 from storage.shards import read_manifest
 from storage.tables import read_table
 from storage.uri import join
-from tasks.crawl.demo_web import build_demo_web, serve_demo_web
+from lvd.demo_web import build_demo_web, serve_demo_web
 from tasks.crawl.records import RECORDS_SCHEMA
 from tasks.crawl.stage import crawl_part, finalize_crawl, plan_crawl_parts
 from tasks.safety.config import SafetyConfig

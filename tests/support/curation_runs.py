@@ -41,7 +41,7 @@ def curate_config(server, web, root: str, runner):
 def curate_demo(demo_web_dir: Path, root: str, runner) -> dict:
     """{"counts": per stage, "checksums": published files, "seconds": the flow's wall time}."""
     from flows.curate_lvd import curate_lvd
-    from tasks.crawl.demo_web import DemoWeb, serve_demo_web
+    from lvd.demo_web import DemoWeb, serve_demo_web
 
     web = DemoWeb.load(demo_web_dir)
     with serve_demo_web(demo_web_dir) as server:
