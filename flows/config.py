@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.form import add_form_positions
 from flows.runner import RunnerConfig
 from storage.config import StorageConfig
 from tasks.crawl.config import CrawlConfig
@@ -38,7 +39,11 @@ class RefreshConfig(BaseModel):
 
 
 class CurateConfig(BaseModel):
-    """curate-lvd: crawl -> dedup -> embed -> retrieve -> shards under one dataset version."""
+    """curate-lvd: crawl -> dedup -> embed -> retrieve -> shards under one dataset version.
+
+    Fields are declared in the order the run form shows them (flows/form.py): where (storage), what
+    (dataset, version), from what (inputs), the stages in pipeline order, then how (runner, refresh).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,8 +53,6 @@ class CurateConfig(BaseModel):
     version: str = Field("v1", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
                          description="Dataset version; a committed version is immutable, a refresh writes a new one. "
                          "`auto` names it after the run's scheduled start (UTC, YYYYMMDD-HHMM).")
-    refresh: RefreshConfig = Field(default_factory=RefreshConfig,
-                                   description="Incremental build on top of an earlier version of this dataset.")
     inputs: list[str] = Field(
         default_factory=list,
         description="Crawl inputs: WARC files (.warc, .warc.gz), HTML files, or text files of page URLs "
@@ -63,6 +66,8 @@ class CurateConfig(BaseModel):
     shard: ShardConfig = Field(default_factory=ShardConfig, description="The curated WebDataset shards.")
     runner: RunnerConfig = Field(default_factory=RunnerConfig,
                                  description="Where each stage's parts run: threads here, or a Dask cluster.")
+    refresh: RefreshConfig = Field(default_factory=RefreshConfig,
+                                   description="Incremental build on top of an earlier version of this dataset.")
 
 
 def curate_fields() -> set[str]:
@@ -82,3 +87,6 @@ class PipelineConfig(CurateConfig):
 
     def curate(self) -> CurateConfig:
         return CurateConfig.model_validate(self.model_dump(include=curate_fields()))
+
+
+add_form_positions(CurateConfig, PipelineConfig)

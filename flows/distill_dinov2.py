@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.form import add_form_positions
 from flows.reporting import _artifact_key
 from flows.stages import prefect_task, with_effective_storage
 from storage.config import StorageConfig
@@ -26,6 +27,9 @@ class DistillFlowConfig(BaseModel):
     run: str = Field("dinov2-distill", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
                      description="Run name: runs/{run} under the storage root; rerunning resumes it.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="The distillation run itself.")
+
+
+add_form_positions(DistillFlowConfig)
 
 
 def _check_task(cfg: DistillConfig) -> dict:

@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.form import add_form_positions
 from flows.reporting import _artifact_key, publish_picture
 from flows.stages import prefect_task, use_storage, with_effective_storage
 from storage.config import StorageConfig
@@ -26,6 +27,9 @@ class EvaluateFlowConfig(BaseModel):
     run: str = Field("dinov2-eval", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
                      description="Report name: runs/{run} under the storage root.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="What to evaluate and how.")
+
+
+add_form_positions(EvaluateFlowConfig)
 
 
 def _check_task(cfg: EvaluateConfig) -> dict:

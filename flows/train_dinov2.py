@@ -13,6 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.form import add_form_positions
 from flows.reporting import _artifact_key
 from flows.stages import prefect_task, with_effective_storage
 from storage.config import StorageConfig
@@ -30,6 +31,9 @@ class TrainFlowConfig(BaseModel):
     run: str = Field("dinov2-run", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$",
                      description="Run name: runs/{run} under the storage root; rerunning resumes it.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="The training run itself.")
+
+
+add_form_positions(TrainFlowConfig)
 
 
 def _train_task(cfg: TrainConfig, run_uri: str) -> dict:
