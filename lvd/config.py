@@ -56,33 +56,60 @@ def _fields_of(model: type[BaseModel], path: list[str]) -> type[BaseModel] | Non
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str]) -> dict:
-    """Set `a.b.c=value` overrides into `data`, refusing keys the model does not have."""
+def _override_problem(model: type[BaseModel], key: str) -> str | None:
+    """Why ``key`` cannot be set on ``model`` (None: it can)."""
+    parts = key.split(".")
+    for depth in range(len(parts)):
+        parent = _fields_of(model, parts[:depth])
+        if parent is None:
+            return f"{'.'.join(parts[:depth])!r} is not a section, so {key!r} cannot be set"
+        if parts[depth] not in parent.model_fields:
+            allowed = ", ".join(sorted(parent.model_fields))
+            where = ".".join(parts[:depth]) or "top level"
+            return f"unknown key {key!r}: {where} has {allowed}"
+    return None
+
+
+def apply_overrides(model: type[BaseModel], data: dict, overrides: list[str],
+                    problems: list[str] | None = None) -> dict:
+    """Set `a.b.c=value` overrides into `data`, refusing keys the model does not have.
+
+    Every bad override is reported, not only the first: into ``problems`` when given (the good
+    ones are still applied), else as one ConfigError naming them all.
+    """
     data = dict(data)
+    found: list[str] = []
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.path=value")
+            found.append(f"override {item!r} must look like key.path=value")
+            continue
         key, _, raw = item.partition("=")
-        parts = key.strip().split(".")
-        for depth in range(len(parts)):
-            parent = _fields_of(model, parts[:depth])
-            if parent is None:
-                raise ConfigError(f"{'.'.join(parts[:depth])!r} is not a section, so {key!r} cannot be set")
-            if parts[depth] not in parent.model_fields:
-                allowed = ", ".join(sorted(parent.model_fields))
-                where = ".".join(parts[:depth]) or "top level"
-                raise ConfigError(f"unknown key {key!r}: {where} has {allowed}")
+        key = key.strip()
+        problem = _override_problem(model, key)
+        if problem is not None:
+            found.append(problem)
+            continue
+        parts = key.split(".")
         node = data
         for part in parts[:-1]:
             child = node.get(part)
             node[part] = dict(child) if isinstance(child, dict) else {}
             node = node[part]
         node[parts[-1]] = _parse_value(raw)
+    if problems is not None:
+        problems.extend(found)
+    elif found:
+        raise ConfigError(_problems_message(found))
     return data
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line per problem: `crawl.concurrency: Input should be >= 1 (got 0)`."""
+def _problems_message(lines: list[str]) -> str:
+    if len(lines) == 1:
+        return lines[0]
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _validation_lines(err: ValidationError) -> list[str]:
     lines = []
     for problem in err.errors():
         loc = ".".join(str(p) for p in problem["loc"])
@@ -92,15 +119,26 @@ def format_validation_error(err: ValidationError) -> str:
         got = problem.get("input")
         shown = f" (got {got!r})" if problem["type"] != "extra_forbidden" and not isinstance(got, dict) else ""
         lines.append(f"{loc}: {msg}{shown}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return lines
 
 
-def validate(model: type[M], data: dict) -> M:
-    """Build `model` from plain data, turning pydantic errors into a ConfigError."""
+def format_validation_error(err: ValidationError, problems: list[str] | None = None) -> str:
+    """One line per problem, every one of them: `crawl.max_concurrency: Input should be >= 1 (got 0)`.
+
+    ``problems`` (refused overrides) come first."""
+    return "invalid configuration:\n  " + "\n  ".join(list(problems or []) + _validation_lines(err))
+
+
+def validate(model: type[M], data: dict, problems: list[str] | None = None) -> M:
+    """Build `model` from plain data, turning pydantic errors into a ConfigError that lists every invalid
+    field (and the refused overrides in ``problems``)."""
     try:
-        return model.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err)) from None
+        raise ConfigError(format_validation_error(err, problems)) from None
+    if problems:
+        raise ConfigError(_problems_message(problems))
+    return cfg
 
 
 def load_config(model: type[M], config: str | Path | None = None, overrides: list[str] | None = None) -> M:
@@ -111,8 +149,9 @@ def load_config(model: type[M], config: str | Path | None = None, overrides: lis
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config}: the top level of a config file must be a mapping")
         data = loaded
-    data = apply_overrides(model, data, overrides or [])
-    return validate(model, data)
+    problems: list[str] = []
+    data = apply_overrides(model, data, overrides or [], problems)
+    return validate(model, data, problems)
 
 
 def override_model(cfg: M, overrides: list[str] | None) -> M:
@@ -120,5 +159,6 @@ def override_model(cfg: M, overrides: list[str] | None) -> M:
     unset, so settings taken from the environment keep working."""
     if not overrides:
         return cfg
-    data = apply_overrides(type(cfg), cfg.model_dump(mode="json", exclude_unset=True), overrides)
-    return validate(type(cfg), data)
+    problems: list[str] = []
+    data = apply_overrides(type(cfg), cfg.model_dump(mode="json", exclude_unset=True), overrides, problems)
+    return validate(type(cfg), data, problems)

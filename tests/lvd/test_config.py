@@ -70,3 +70,28 @@ def test_malformed_override_and_missing_file():
         load_config(Outer, "/nonexistent/x.yaml")
     with pytest.raises(ConfigError, match="unknown preset"):
         load_config(Outer, "no-such-preset")
+
+
+def test_every_invalid_field_is_listed_not_only_the_first():
+    with pytest.raises(ConfigError) as err:
+        validate(Outer, {"name": 3, "crawl": {"concurrency": 0, "mode": "turbo", "threads": 2}})
+    text = str(err.value)
+    for loc in ("name:", "crawl.concurrency:", "crawl.mode:", "crawl.threads: unknown key"):
+        assert loc in text, text
+
+
+def test_every_bad_override_and_bad_value_is_listed_together(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("crawl:\n  mode: turbo\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(Outer, path, ["crawl.concurency=64", "name.first=x", "crawl.concurrency=0", "nokey"])
+    text = str(err.value)
+    for part in ("'crawl.concurency'", "not a section", "crawl.concurrency: Input should be greater than or equal",
+                 "crawl.mode:", "'nokey' must look like key.path=value"):
+        assert part in text, text
+
+
+def test_apply_overrides_alone_names_every_unknown_key():
+    with pytest.raises(ConfigError) as err:
+        apply_overrides(Outer, {}, ["crawl.concurency=64", "nmae=x"])
+    assert "'crawl.concurency'" in str(err.value) and "'nmae'" in str(err.value)
