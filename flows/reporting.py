@@ -40,6 +40,24 @@ def publish_picture(key: str, title: str, png: bytes, description: str, caption:
                              description=description)
 
 
+def publish_crawl_reasons(name: str, crawl_uri: str) -> list[dict]:
+    """A table of why URLs did not become samples: each reason, its kind, count and meaning (from the crawl
+    commit, so a crawl skipped as already committed is reported too)."""
+    from storage.commit import read_commit
+    from tasks.crawl.report import reasons_table
+
+    commit = read_commit(crawl_uri)
+    rows = reasons_table((commit.get("extra") or {}).get("reasons") or {})
+    counts = commit.get("counts") or {}
+    create_table_artifact(
+        key=_artifact_key(f"crawl-reasons-{name}"),
+        table=rows or [{"reason": "", "kind": "", "count": 0, "description": "every URL became a sample"}],
+        description=f"crawl: why URLs did not become samples ({counts.get('rejected', 0):,} rejected, "
+        f"{counts.get('failed', 0):,} failed of {counts.get('images', 0):,} image URLs; rows in records.parquet)",
+    )
+    return rows
+
+
 def publish_curation_report(dataset: str, version: str, stages: dict[str, dict], cfg) -> None:
     """What was removed, how the pool clusters, what queries retrieved and what the dataset holds.
 
@@ -56,6 +74,8 @@ def publish_curation_report(dataset: str, version: str, stages: dict[str, dict],
 
     name = f"{dataset}-{version}"
     pool_uri = stages.get("safety", stages["crawl"])["uri"]
+    if "crawl" in stages:
+        publish_crawl_reasons(name, stages["crawl"]["uri"])
     if "safety" in stages:
         from tasks.safety.report import blurred_examples, contact_sheet_png, counts_markdown
 
