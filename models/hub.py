@@ -14,8 +14,14 @@ import os
 from typing import Any
 
 from models.heads import DINOHead
-from models.official_weights import load_official_weights
+from models.official_weights import (
+    OfficialWeightsError,
+    load_official_weights,
+    official_to_project,
+    vit_from_official_state_dict,
+)
 from models.presets import build_vit
+from models.timm_weights import is_timm_layout, timm_to_project
 from models.vit import VisionTransformer
 
 Weights = str | os.PathLike | None
@@ -135,3 +141,37 @@ def from_safetensors(path: Weights, heads: bool = False):
         if part:
             found[name] = dino_head_from_state_dict(part).eval()
     return model, found
+
+
+_OFFICIAL_ARCH_BY_WIDTH = {384: "vits14", 768: "vitb14", 1024: "vitl14", 1536: "vitg14"}
+
+
+def backbone_from_state_dict(payload: dict) -> tuple[VisionTransformer | None, str]:
+    """DINOv2- or timm-named backbone state dict -> (model with those weights, its name).
+
+    The architecture is read off the tensors: width from ``cls_token``, registers from
+    ``register_tokens``; this module builds the matching DINOv2 release (e.g.
+    ``dinov2_vitl14_reg``). Other widths (the paper's ViT-H/16 curation embedder, an official-format
+    training of another size) and timm's layout are built from the shapes alone. (None, "") when the dict is no ViT backbone state dict.
+    A release-wide dict must hold every block of that release: a missing block is an error naming
+    it, never a shallower model.
+    """
+    try:
+        state = official_to_project(payload)
+    except OfficialWeightsError:
+        return None, ""
+    if "cls_token" not in state or "patch_embed.proj.weight" not in state:
+        return None, ""
+    if is_timm_layout(state):
+        # timm resizes positional embeddings with antialiasing and no offset
+        model, name = vit_from_official_state_dict(timm_to_project(state), interpolate_antialias=True,
+                                                   interpolate_offset=0.0)
+        return model, "timm:" + name.removeprefix("dinov2_")
+    width = int(state["cls_token"].shape[-1])
+    arch = _OFFICIAL_ARCH_BY_WIDTH.get(width)
+    if arch is None:  # no release this wide (the paper's ViT-H/16, a custom training): from the shapes
+        return vit_from_official_state_dict(state)
+    name = f"dinov2_{arch}" + ("_reg" if "register_tokens" in state else "")
+    model = globals()[name](weights=None)
+    load_official_weights(model, state)
+    return model, name

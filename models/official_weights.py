@@ -134,7 +134,12 @@ def infer_vit_kwargs(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Any], 
         if key not in sd:
             raise OfficialWeightsError(f"not a DINOv2 backbone state dict: no {key!r}")
     dim, in_chans, patch, _ = sd["patch_embed.proj.weight"].shape
-    depth = len({int(k.split(".")[1]) for k in sd if k.startswith("blocks.")})
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.")}
+    depth = max(blocks) + 1 if blocks else 0
+    if len(blocks) != depth:
+        gaps = sorted(set(range(depth)) - blocks)
+        raise OfficialWeightsError(f"the state dict holds blocks up to {depth - 1} but not {gaps[:8]}: "
+                                   "a backbone with missing blocks is refused, not loaded shallower")
     grid = math.isqrt(sd["pos_embed"].shape[1] - 1)
     if grid * grid != sd["pos_embed"].shape[1] - 1:
         raise OfficialWeightsError(f"pos_embed of shape {tuple(sd['pos_embed'].shape)} is not a square grid")

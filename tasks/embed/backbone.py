@@ -6,12 +6,11 @@ Sources (detected from the spec, then from the file's contents):
   A weak but deterministic descriptor that needs no weights, for tests and bootstrapping.
 * ``random:<preset>[@seed]``: a randomly initialised ViT from ``models.vit`` (seeded).
 * a TorchScript archive (``torch.jit.load``), e.g. an exported SSCD or DINOv2 model;
-* a project checkpoint ``{"model_config": {...}, "backbone": state_dict}``;
-* an official DINOv2 backbone state dict (ViT-S/B/L/g/14, with or without registers), or a
-  ViT-H/16 (the paper's curation embedder) in DINOv2's or timm's key names.
+* anything ``tasks.release.load`` (the one model loader) opens: a run or checkpoint directory,
+  ``runs/{run}/backbone.pt``, an ``lvd export``, an official DINOv2 or timm ViT state dict.
 
 Files may be local paths, ``file://`` or ``s3://`` URIs. The checksum is the sha256 of the file's
-bytes (of the spec, or of the seeded weights, where there is no file), so the embed commit pins
+bytes (of the spec, or of the weights, where there is no single file), so the embed commit pins
 exactly which weights produced the vectors.
 """
 
@@ -20,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import io
 import re
-import zipfile
 from typing import Callable
 
 import numpy as np
 import torch
 
 from storage.uri import basename, read_bytes
+from tasks.release.load import is_torchscript, load_model, model_from_bytes
 from tasks.embed.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, round_to_multiple
 
 DEFAULT_RESIZE_RATIO = 256 / 224
@@ -180,76 +179,10 @@ def random_vit_embedder(spec: str, device: torch.device, **kw) -> Embedder:
     return vit_embedder(model, f"random:{preset}@{seed}", checksum, device, **kw)
 
 
-def vit_from_checkpoint(payload: dict) -> torch.nn.Module:
-    """Project checkpoint -> backbone. The one place that knows the checkpoint layout."""
-    from models.presets import build_vit
-
-    cfg = dict(payload["model_config"])
-    name = cfg.pop("name", None) or cfg.pop("arch", None) or cfg.pop("preset", None)
-    if name is None:
-        raise ValueError("checkpoint model_config names no ViT preset ('name', 'arch' or 'preset')")
-    model = build_vit(name, **cfg)
-    state = {k.removeprefix("backbone."): v for k, v in payload["backbone"].items()}
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-_OFFICIAL_ARCH_BY_WIDTH = {384: "vits14", 768: "vitb14", 1024: "vitl14", 1536: "vitg14"}
-_WIDTHS_BUILT_FROM_SHAPES = {1280}  # ViT-H: no DINOv2 release, the paper's curation embedder
-
-
-def official_model(payload: dict) -> tuple[torch.nn.Module | None, str]:
-    """DINOv2- or timm-named backbone state dict -> (model with those weights, its name).
-
-    The architecture is read off the tensors: width from ``cls_token``, registers from
-    ``register_tokens``; ``models.hub`` builds the matching DINOv2 release (e.g.
-    ``dinov2_vitl14_reg``). Other shapes (the paper's ViT-H/16 curation embedder, timm's layout)
-    are built from the shapes alone. (None, "") when the dict is no ViT backbone state dict.
-    """
-    from models import hub
-    from models.official_weights import OfficialWeightsError, load_official_weights, official_to_project
-    from models.timm_weights import is_timm_layout, timm_to_project
-
-    try:
-        state = official_to_project(payload)
-    except OfficialWeightsError:
-        return None, ""
-    if "cls_token" not in state or "patch_embed.proj.weight" not in state:
-        return None, ""
-    if is_timm_layout(state):
-        from models.official_weights import vit_from_official_state_dict
-
-        # timm resizes positional embeddings with antialiasing and no offset
-        model, name = vit_from_official_state_dict(timm_to_project(state), interpolate_antialias=True,
-                                                   interpolate_offset=0.0)
-        return model, "timm:" + name.removeprefix("dinov2_")
-    width = int(state["cls_token"].shape[-1])
-    if width not in _OFFICIAL_ARCH_BY_WIDTH and width in _WIDTHS_BUILT_FROM_SHAPES:
-        from models.official_weights import vit_from_official_state_dict
-
-        return vit_from_official_state_dict(state)
-    arch = _OFFICIAL_ARCH_BY_WIDTH.get(width)
-    if arch is None:
-        raise ValueError(f"no official DINOv2 backbone is {width} wide (known: {sorted(_OFFICIAL_ARCH_BY_WIDTH)})")
-    name = f"dinov2_{arch}" + ("_reg" if "register_tokens" in state else "")
-    model = getattr(hub, name)(weights=None)
-    load_official_weights(model, state)
-    return model, name
-
-
 # ---------------------------------------------------------------------------- dispatch
 
 _RANDOM_RE = re.compile(r"^random:[A-Za-z0-9_]+(@\d+)?$")
 _PIXELS_RE = re.compile(r"^pixels:(\d+)$")
-
-
-def _is_torchscript(data: bytes) -> bool:
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            names = zf.namelist()
-    except zipfile.BadZipFile:
-        return False
-    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
 
 
 def load_embedder(
@@ -274,27 +207,20 @@ def load_embedder(
     if uri_or_spec.startswith(("random:", "pixels:")):
         raise ValueError(f"bad backbone spec {uri_or_spec!r}: use 'random:<preset>[@seed]' or 'pixels:<size>'")
     try:
-        data = read_bytes(uri_or_spec)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"backbone {uri_or_spec!r} does not exist") from None
-    checksum = hashlib.sha256(data).hexdigest()
-    name = basename(uri_or_spec)
-    if _is_torchscript(data):
-        return torchscript_embedder(data, name, checksum, dev, **kw)
-    payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    if isinstance(payload, dict) and "model_config" in payload and "backbone" in payload:
-        model = vit_from_checkpoint(payload)
-        model_id = str(payload["model_config"].get("name", name))
-        # Embed at the resolution the model was trained at unless told otherwise.
-        kw["image_size"] = image_size or payload["model_config"].get("img_size")
-        return vit_embedder(model, f"checkpoint:{model_id}:{name}", checksum, dev, **kw)
-    model, model_id = official_model(payload) if isinstance(payload, dict) else (None, "")
-    if model is not None:
-        return vit_embedder(model, model_id, checksum, dev, **kw)
-    raise ValueError(
-        f"backbone {uri_or_spec!r} is neither TorchScript, a project checkpoint "
-        "({'model_config', 'backbone'}) nor an official DINOv2 state dict"
-    )
+        data = None if uri_or_spec.lower().endswith(".safetensors") else read_bytes(uri_or_spec)
+    except (FileNotFoundError, IsADirectoryError):  # a run or checkpoint directory (or nothing)
+        data = None
+    if data is None:  # weights with no single file's sha256: the checksum is the tensors'
+        loaded = load_model(uri_or_spec)
+        checksum = _state_dict_checksum(loaded.backbone.state_dict())
+    else:
+        checksum = hashlib.sha256(data).hexdigest()
+        if is_torchscript(data):
+            return torchscript_embedder(data, basename(uri_or_spec), checksum, dev, **kw)
+        loaded = model_from_bytes(data, uri_or_spec)
+    # Embed at the resolution the model was trained at unless told otherwise.
+    kw["image_size"] = image_size or loaded.image_size
+    return vit_embedder(loaded.backbone, loaded.model_id, checksum, dev, **kw)
 
 
 def torchscript_embedder(

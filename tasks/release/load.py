@@ -5,8 +5,12 @@ Accepted sources:
 * a run URI (``runs/{run}``): its newest complete checkpoint;
 * one checkpoint directory (``runs/{run}/checkpoints/step-N``);
 * an ``lvd export`` file (``.safetensors``);
-* an official DINOv2 state dict (``.pth``/``.pt``): a released backbone, or an official training
-  checkpoint, which also holds the DINO/iBOT heads.
+* the run's single-file backbone (``runs/{run}/backbone.pt``);
+* an official DINOv2 state dict: a released backbone, or an official training checkpoint, which
+  also holds the DINO/iBOT heads; or a timm DINOv2 / ViT-H state dict.
+
+Files are recognised by their contents, whatever their name; anything else is refused with what
+it holds named.
 
 A project checkpoint holds the whole SSL state (student, EMA teacher, heads, centers). The model
 used downstream is the EMA teacher, which for a distillation run is the student's EMA. The
@@ -17,10 +21,12 @@ halfway through a load.
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +43,10 @@ class CheckpointMismatch(ValueError):
     """A checkpoint does not hold the architecture its configuration describes."""
 
 
+class ModelFormatError(ValueError):
+    """A file is no model format lvd reads; the message names what it holds."""
+
+
 @dataclass
 class LoadedModel:
     """A backbone ready for inference, its SSL heads (when the source has them) and provenance."""
@@ -47,6 +57,7 @@ class LoadedModel:
     model_id: str = ""
     train_config: TrainConfig | None = None
     step: int | None = None
+    image_size: int | None = None  # the resolution it was trained at, where the source records it
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())
@@ -132,7 +143,7 @@ def load_project_checkpoint(uri: str, cfg: TrainConfig | None = None) -> LoadedM
     backbone = teacher["backbone"].eval()
     heads = {name: teacher[name].eval() for name in HEAD_NAMES if name in teacher}
     model_id = f"{su.basename(run_uri)}@step-{ref.step}"
-    return LoadedModel(backbone, heads, ref.uri, model_id, cfg, ref.step)
+    return LoadedModel(backbone, heads, ref.uri, model_id, cfg, ref.step, cfg.crops.global_crops_size)
 
 
 def _local_file(uri: str) -> tuple[str, bool]:
@@ -156,32 +167,82 @@ def load_safetensors(uri: str) -> LoadedModel:
     return LoadedModel(backbone, heads, uri, f"export:{su.basename(uri)}")
 
 
-def load_official(uri: str) -> LoadedModel:
-    """Official DINOv2 weights; heads too when the file is an official training checkpoint."""
-    from models.hub import dino_head_from_state_dict
-    from models.official_weights import vit_from_official_state_dict
-
-    path, temp = _local_file(uri)
+def is_torchscript(data: bytes) -> bool:
+    """A TorchScript archive: a zip holding compiled code, not just pickled tensors."""
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    finally:
-        if temp:
-            os.remove(path)
-    backbone, name = vit_from_official_state_dict(raw, su.basename(uri))
-    container = raw.get("teacher", raw.get("model", raw)) if isinstance(raw, dict) else {}
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            names = zf.namelist()
+    except zipfile.BadZipFile:
+        return False
+    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+
+
+def is_backbone_file(payload: object) -> bool:
+    """The single-file backbone `lvd train` writes as ``runs/{run}/backbone.pt``
+    (``{"model_config": {"name": preset, **constructor arguments}, "backbone": state_dict}``)."""
+    return isinstance(payload, dict) and "model_config" in payload and "backbone" in payload
+
+
+def backbone_from_file(payload: dict) -> nn.Module:
+    """A backbone file's model, loaded strictly (a missing block is an error, never a shallower model)."""
+    from models.official_weights import check_state_dict
+    from models.presets import build_vit
+
+    cfg = dict(payload["model_config"])
+    name = cfg.pop("name", None) or cfg.pop("arch", None) or cfg.pop("preset", None)
+    if name is None:
+        raise ModelFormatError("the backbone file's model_config names no ViT preset ('name', 'arch' or 'preset')")
+    with torch.random.fork_rng(devices=[]):
+        model = build_vit(name, **cfg)
+    state = {k.removeprefix("backbone."): v for k, v in payload["backbone"].items()}
+    check_state_dict(model, state)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def model_from_bytes(data: bytes, uri: str) -> LoadedModel:
+    """A model file's bytes -> `LoadedModel`; the format is read off the contents, not the name."""
+    from models.hub import backbone_from_state_dict, dino_head_from_state_dict
+
+    name = su.basename(uri)
+    if is_torchscript(data):
+        raise ModelFormatError(f"{uri} is a TorchScript archive: its weights are compiled code, which only "
+                               "the embed stage runs (as embed.backbone); load a state dict or export instead")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and torch errors alike: the file is not a readable torch file
+        raise ModelFormatError(f"{uri} is not a PyTorch file lvd can read ({type(err).__name__}: {err})") from err
+    if is_backbone_file(payload):
+        backbone = backbone_from_file(payload)
+        arch = payload["model_config"].get("name", name)
+        return LoadedModel(backbone, {}, uri, f"checkpoint:{arch}:{name}", step=payload.get("step"),
+                           image_size=payload["model_config"].get("img_size"))
+    backbone, model_id = backbone_from_state_dict(payload) if isinstance(payload, dict) else (None, "")
+    if backbone is None:
+        found = f"a dict with keys {sorted(map(str, payload))[:8]}" if isinstance(payload, dict) else \
+            f"a {type(payload).__name__}"
+        raise ModelFormatError(
+            f"{uri} holds {found}: neither an lvd backbone file ({{'model_config', 'backbone'}}), an lvd "
+            "export (.safetensors), a run or checkpoint directory, nor a DINOv2 or timm ViT state dict"
+        )
+    container = payload.get("teacher", payload.get("model", payload))
     heads = {}
     for head in HEAD_NAMES:
         part = {k[len(head) + 1 :]: v for k, v in container.items() if isinstance(k, str) and k.startswith(head + ".")}
         if part:
             heads[head] = dino_head_from_state_dict(part).eval()
-    return LoadedModel(backbone, heads, uri, name)
+    return LoadedModel(backbone.eval(), heads, uri, model_id)
 
 
 def load_model(uri: str) -> LoadedModel:
-    """Any supported model URI (see the module docstring) -> `LoadedModel` on the CPU, eval mode."""
-    lowered = uri.lower()
-    if lowered.endswith(".safetensors"):
+    """Any model URI lvd writes or accepts (see the module docstring) -> `LoadedModel` on the CPU,
+    eval mode. The one loader of embed, evaluate, distillation teachers and `lvd.load`."""
+    if uri.lower().endswith(".safetensors"):
         return load_safetensors(uri)
-    if lowered.endswith((".pth", ".pt")):
-        return load_official(uri)
-    return load_project_checkpoint(uri)
+    try:
+        data = su.read_bytes(uri)
+    except (FileNotFoundError, IsADirectoryError):
+        if not su.exists(uri):
+            raise FileNotFoundError(f"model {uri} does not exist") from None
+        return load_project_checkpoint(uri)
+    return model_from_bytes(data, uri)

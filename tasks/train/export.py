@@ -3,7 +3,7 @@
 The run's checkpoints (torch.distributed.checkpoint directories) hold everything needed to
 resume; consumers that only embed images want the teacher's backbone alone. The file is
 ``{"model_config": {"name": preset, **constructor overrides}, "backbone": state_dict}``, the
-project-checkpoint layout that tasks.embed.backbone.load_embedder reads.
+layout `tasks.release.load` (the one model loader) reads.
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ BACKBONE_FILE = "backbone.pt"
 
 def run_config(run_uri: str) -> TrainConfig:
     """The TrainConfig a run was started with (stored beside its metrics)."""
-    return TrainConfig.model_validate_json(su.read_bytes(su.join(run_uri, "config.json")))
+    from tasks.release.load import read_run_config
+
+    return read_run_config(run_uri)
 
 
 def inference_model_config(cfg: TrainConfig) -> dict:

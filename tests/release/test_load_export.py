@@ -64,8 +64,11 @@ def test_architecture_that_does_not_match_the_checkpoint_is_refused(run_dir, tmp
     (copy / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointMismatch, match=r"\(vit_tiny\).*\nshape mismatches.*attn.qkv.weight: checkpoint \(192, 64\) vs model \(576, 192\)"):
         load_model(f"file://{copy}")
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(f"file://{tmp_path}/nothing-here")
+    (tmp_path / "empty-run").mkdir()
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        load_model(f"file://{tmp_path}/empty-run")
 
 
 def test_export_round_trips_backbone_and_heads(run_dir, tmp_path, capsys):
@@ -117,3 +120,58 @@ def test_official_training_checkpoint_brings_its_heads(tmp_path):
         f = torch.randn(3, 64)
         torch.testing.assert_close(loaded.heads["dino_head"](f), head(f))
     assert list(loaded.heads) == ["dino_head"]
+
+
+def test_every_artifact_kind_lvd_writes_opens_with_lvd_load_and_embeds_alike(run_dir, tmp_path):
+    """Run directory, checkpoint directory, runs/{run}/backbone.pt, an lvd export and the same weights
+    in official naming all give the same backbone through the one loader, and the embed stage opens
+    each of them to the same features; a foreign file is refused with what it holds named."""
+    from models.official_weights import project_to_official
+    from tasks.embed.backbone import load_embedder
+    from tasks.release.load import ModelFormatError
+    from tasks.train.export import export_teacher_backbone
+
+    run = f"file://{run_dir}"
+    reference = lvd.load(run).state_dict()
+    backbone_pt = export_teacher_backbone(run, f"file://{tmp_path}/backbone.pt")
+    export = tmp_path / "model.safetensors"
+    lvd.export(run, str(export))
+    official = tmp_path / "official-names.pth"
+    torch.save(project_to_official(lvd.load(run)), official)
+    sources = [run, latest_checkpoint(run).uri, backbone_pt, str(export), str(official)]
+    images = torch.rand(2, 3, 28, 28)
+    features = []
+    for uri in sources:
+        torch.testing.assert_close(lvd.load(uri).state_dict(), reference, rtol=0, atol=0, msg=uri)
+        embedder = load_embedder(uri, autocast_bf16=False)
+        assert embedder.preprocess.crop_size == 28, uri  # the resolution the run trained at
+        features.append(embedder(images))
+    for f in features[1:]:
+        torch.testing.assert_close(f, features[0])
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    with pytest.raises(ModelFormatError, match=r"holds a dict with keys \['weights'\]"):
+        lvd.load(str(tmp_path / "foreign.pt"))
+    (tmp_path / "noise.bin").write_bytes(b"not a model")
+    with pytest.raises(ModelFormatError, match="not a PyTorch file"):
+        lvd.load(str(tmp_path / "noise.bin"))
+
+
+def test_a_state_dict_missing_blocks_is_refused_naming_them(tmp_path):
+    from models.hub import dinov2_vits14
+    from models.official_weights import OfficialWeightsError, project_to_official
+
+    state = project_to_official(dinov2_vits14())
+    shallow = {k: v for k, v in state.items() if not k.startswith(("blocks.10.", "blocks.11."))}
+    torch.save(shallow, tmp_path / "shallow.pth")
+    with pytest.raises(OfficialWeightsError, match=r"missing keys.*blocks\.10\."):
+        lvd.load(str(tmp_path / "shallow.pth"))
+    gap = {k: v for k, v in project_to_official(build_pico()).items() if not k.startswith("blocks.1.")}
+    torch.save(gap, tmp_path / "gap.pth")
+    with pytest.raises(OfficialWeightsError, match=r"not \[1\]"):
+        lvd.load(str(tmp_path / "gap.pth"))
+
+
+def build_pico():
+    from models.presets import build_vit
+
+    return build_vit("vit_pico", drop_path_rate=0.0)
