@@ -21,11 +21,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from lvd.errors import LvdError
 
 _ACTIVE: ContextVar[Any | None] = ContextVar("lvd_task_runner", default=None)
 
 
-class RunnerUnreachable(ConnectionError):
+class RunnerUnreachable(LvdError, ConnectionError):
     """The configured cluster address does not accept connections."""
 
 

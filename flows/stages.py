@@ -20,12 +20,13 @@ from flows.runner import active_task_runner
 from storage.commit import begin_stage, config_digest
 from storage import uri as storage_uri
 from storage.config import StorageConfig
+from lvd.errors import LvdError
 
 M = TypeVar("M")
 
 
 
-class StageFailed(RuntimeError):
+class StageFailed(LvdError, RuntimeError):
     """Some parts of a stage failed; the finished ones are kept for the rerun."""
 
 

@@ -170,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="two version URIs, or a dataset URI and two version names")
     p.set_defaults(func=cmd_diff)
     p = sub.add_parser("export", help="write a trained model (backbone and heads) to a .safetensors file")
-    p.add_argument("uri", help="run URI, checkpoint directory, .safetensors or official .pth")
+    p.add_argument("uri", help="run URI, checkpoint directory, backbone.pt, .safetensors or official/timm .pth")
     p.add_argument("out", help="output file (path, file:// or s3://), e.g. model.safetensors")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("demo", help="serve the demo web on 127.0.0.1 and run the main job on it")
@@ -199,13 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     _quiet_prefect_defaults()
     args = build_parser().parse_args(argv)
-    from storage.commit import StageConflict, StageNotCommitted
-    from storage.uri import StorageError
-    from storage.versions import RefreshRefused
+    from lvd.errors import LvdError
 
     try:
         return args.func(args)
-    except (ConfigError, StageNotCommitted, StageConflict, StorageError, RefreshRefused) as err:
+    except (LvdError, FileNotFoundError) as err:  # what the user can fix: the message, no traceback
         print(f"lvd: {err}", file=sys.stderr)
         return 2
 

@@ -11,13 +11,14 @@ from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from lvd.errors import LvdError
 
 M = TypeVar("M", bound=BaseModel)
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-class ConfigError(ValueError):
+class ConfigError(LvdError, ValueError):
     """A configuration that cannot be used; the message says which key and why."""
 
 

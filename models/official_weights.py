@@ -29,12 +29,13 @@ from torch import Tensor, nn
 from models.mlp import swiglu_hidden_features
 from models.presets import PRESETS
 from models.vit import VisionTransformer
+from lvd.errors import LvdError
 
 _CONTAINER_KEYS = ("teacher", "model", "state_dict")
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
 
 
-class OfficialWeightsError(ValueError):
+class OfficialWeightsError(LvdError, ValueError):
     """A state dict does not fit the model: lists missing and unexpected keys and shape mismatches."""
 
 

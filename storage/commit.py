@@ -41,6 +41,7 @@ from storage.uri import (
     walk_files,
     write_bytes_atomic,
 )
+from lvd.errors import LvdError
 
 COMMIT_FILE = "_COMMITTED.json"
 STARTED_FILE = "_STARTED.json"
@@ -51,11 +52,11 @@ MANIFEST_FILE = "manifest.parquet"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=-]*$")
 
 
-class StageNotCommitted(Exception):
+class StageNotCommitted(LvdError):
     """A stage was read (or published) before its ``_COMMITTED.json`` existed."""
 
 
-class StageConflict(Exception):
+class StageConflict(LvdError):
     """A committed stage was asked to run again with a different config or input."""
 
 

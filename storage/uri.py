@@ -30,6 +30,7 @@ from fsspec.exceptions import FSTimeoutError
 from fsspec.implementations.local import LocalFileSystem
 
 from storage.config import StorageConfig
+from lvd.errors import LvdError
 
 # s3fs repeats a request that botocore gave up on this many times in all (payload errors, SlowDown).
 S3FS_ATTEMPTS = 2
@@ -47,7 +48,7 @@ _log = logging.getLogger(__name__)
 MAX_UPLOAD_PARTS = 10_000
 
 
-class StorageError(RuntimeError):
+class StorageError(LvdError, RuntimeError):
     """A store refused or failed a request after the bounded retries."""
 
 

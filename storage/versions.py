@@ -24,6 +24,7 @@ from storage.commit import (
 )
 from storage.tables import read_table, write_table
 from storage.uri import basename, exists, join, open_fs, open_input, parent
+from lvd.errors import LvdError
 
 INPUTS_STAGE = "inputs"
 INPUTS_FILE = "inputs.parquet"
@@ -39,7 +40,7 @@ INPUTS_SCHEMA = pa.schema(
 )
 
 
-class RefreshRefused(ValueError):
+class RefreshRefused(LvdError, ValueError):
     """A refresh that cannot build on the version it names; nothing has been written."""
 
 

@@ -26,6 +26,7 @@ import httpx
 
 from storage import uri as storage_uri
 from storage.uri import StorageError
+from lvd.errors import LvdError
 
 NAME_PREFIX = "lvd"
 S3_REQUESTS = f"{NAME_PREFIX}-s3-requests"
@@ -40,7 +41,7 @@ _ensured_lock = threading.Lock()
 logger = logging.getLogger(__name__)
 
 
-class GlobalLimitError(RuntimeError):
+class GlobalLimitError(LvdError, RuntimeError):
     """The Prefect server could not create, find or grant a global limit."""
 
 

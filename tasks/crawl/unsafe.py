@@ -23,13 +23,14 @@ import numpy as np
 from storage.uri import open_fs, read_bytes
 from tasks.crawl import reasons
 from tasks.crawl.config import UnsafeFilterConfig
+from lvd.errors import LvdError
 
 _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 _BUILTIN_ARCHIVE = "url_filterblacklistsv0_3_0.tar.gz"  # UT1 adult category, as packaged by datatrove
 _BUILTIN_LIST = "datatrove-ut1"
 
 
-class UnsafeListError(ValueError):
+class UnsafeListError(LvdError, ValueError):
     """A configured category list cannot be read or has no usable category."""
 
 

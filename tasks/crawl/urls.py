@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from urllib.parse import urljoin, urlsplit, urlunsplit
+from lvd.errors import LvdError
 
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _SUB_DELIMS = frozenset("!$&'()*+,;=")
@@ -13,7 +14,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 _STRIP = "\t\n\r\f "
 
 
-class InvalidURL(ValueError):
+class InvalidURL(LvdError, ValueError):
     """A reference that cannot be turned into a fetchable URL."""
 
 

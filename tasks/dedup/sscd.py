@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from storage.uri import read_bytes
+from lvd.errors import LvdError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -28,7 +29,7 @@ SSCD_COPY_THRESHOLD = 0.6
 SSCD_EVAL_THRESHOLD = 0.45
 
 
-class CopyModelError(ValueError):
+class CopyModelError(LvdError, ValueError):
     """The configured copy-detection model is missing, unreadable or produces the wrong shape."""
 
 

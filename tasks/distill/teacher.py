@@ -16,9 +16,10 @@ from models.presets import vit_kwargs
 from tasks.distill.config import DistillConfig
 from tasks.release.load import LoadedModel, load_model
 from tasks.train.config import LossConfig, TrainConfig
+from lvd.errors import LvdError
 
 
-class DistillationError(ValueError):
+class DistillationError(LvdError, ValueError):
     """The teacher/student pair cannot be distilled; the message says why."""
 
 

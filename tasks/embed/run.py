@@ -32,12 +32,13 @@ from tasks.embed.config import EmbedConfig
 from tasks.embed.loader import embed_items
 from tasks.queries.config import QuerySetConfig
 from tasks.queries.sets import QuerySetError, iter_query_images, check_query_set
+from lvd.errors import LvdError
 
 STAGE = "embed"
 _INDEX_RE = re.compile(r"(\d+)\D*$")
 
 
-class EmbeddingMismatch(ValueError):
+class EmbeddingMismatch(LvdError, ValueError):
     """Embeddings that cannot be compared (different models or dimensions)."""
 
 

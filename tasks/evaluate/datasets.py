@@ -25,11 +25,12 @@ from PIL import Image
 from storage import uri as su
 from tasks.datasets.fashion_mnist import LabelledImages
 from tasks.evaluate.config import EvalSetConfig
+from lvd.errors import LvdError
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp")
 
 
-class EvalSetError(ValueError):
+class EvalSetError(LvdError, ValueError):
     """An evaluation set whose images and labels do not fit together."""
 
 

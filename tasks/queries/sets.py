@@ -16,12 +16,13 @@ import pyarrow.parquet as pq
 
 from storage.uri import basename, exists, join, list_files, open_input, read_bytes, walk_files
 from tasks.queries.config import QuerySetConfig
+from lvd.errors import LvdError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _LABEL_EXTENSIONS = ("cls", "label", "txt")
 
 
-class QuerySetError(ValueError):
+class QuerySetError(LvdError, ValueError):
     """A query set that cannot be used (missing, empty or unreadable); raised before any work starts."""
 
 

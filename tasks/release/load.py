@@ -35,15 +35,16 @@ from torch import nn
 from storage import uri as su
 from tasks.train.checkpoint import MARKER, CheckpointRef, latest_checkpoint, load_checkpoint
 from tasks.train.config import TrainConfig
+from lvd.errors import LvdError
 
 HEAD_NAMES = ("dino_head", "ibot_head")
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(LvdError, ValueError):
     """A checkpoint does not hold the architecture its configuration describes."""
 
 
-class ModelFormatError(ValueError):
+class ModelFormatError(LvdError, ValueError):
     """A file is no model format lvd reads; the message names what it holds."""
 
 

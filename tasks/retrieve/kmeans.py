@@ -16,9 +16,10 @@ import faiss
 import numpy as np
 
 from tasks.retrieve.config import KMeansConfig
+from lvd.errors import LvdError
 
 
-class KMeansError(ValueError):
+class KMeansError(LvdError, ValueError):
     """Clustering that cannot run as asked (e.g. more clusters than vectors)."""
 
 

@@ -15,9 +15,10 @@ import tempfile
 from dataclasses import dataclass
 
 from storage.uri import open_fs, read_bytes, scheme_of
+from lvd.errors import LvdError
 
 
-class SafetyModelError(ValueError):
+class SafetyModelError(LvdError, ValueError):
     """A configured model is missing, unreadable or does not fit: a configuration error."""
 
 

@@ -22,12 +22,13 @@ from collections.abc import Iterable, Iterator
 
 from tasks.safety.config import SafetyConfig
 from tasks.safety.process import BatchResult, SafetyModels, SafetyProcessor
+from lvd.errors import LvdError
 
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPTH = 2  # batches in flight per worker: one being processed, one waiting in its pipe
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(LvdError, RuntimeError):
     """A model worker raised or exited; the message carries its error."""
 
 

@@ -35,12 +35,13 @@ from tasks.queries.config import QuerySetConfig
 from tasks.queries.sets import QuerySetError, iter_query_images
 from tasks.retrieve.layout import read_selection
 from tasks.shard.config import ShardConfig
+from lvd.errors import LvdError
 
 STAGE = "shards"
 _PROVENANCE = ("source", "query_dataset", "query_id", "query_label", "key", "shard", "similarity", "rule", "cluster")
 
 
-class MissingSample(RuntimeError):
+class MissingSample(LvdError, RuntimeError):
     """The selection names an image its source no longer holds."""
 
 

@@ -25,12 +25,13 @@ from typing import Literal
 import torch
 
 from tasks.train.config import TrainConfig
+from lvd.errors import LvdError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PORT = 29500
 
 
-class LaunchError(RuntimeError):
+class LaunchError(LvdError, RuntimeError):
     """The run cannot start as configured, or the distributed run exited with an error (the
     message carries its last output lines)."""
 

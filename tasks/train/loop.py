@@ -44,11 +44,12 @@ from tasks.train.metrics import MetricsLog, peak_memory_mb
 from tasks.train.global_batches import GlobalBatchLoader
 from tasks.train.phases import Phase, check_resumed_phase, phase_at
 from tasks.train.world import check_world
+from lvd.errors import LvdError
 
 BatchHook = Callable[[int, dict], None]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(LvdError, RuntimeError):
     """A loss term became NaN or infinite; the run stopped without stepping the optimiser."""
 
 
