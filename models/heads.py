@@ -20,8 +20,8 @@ class DINOHead(nn.Module):
     ``nlayers`` counts the Linear layers of the MLP (1 means a single Linear to the bottleneck).
     The prototype layer uses ``torch.nn.utils.parametrizations.weight_norm`` (the old
     ``nn.utils.weight_norm`` hook breaks ``copy.deepcopy``, which builds the teacher). Its
-    magnitude ``g`` is filled with 1 and frozen, so each prototype is a unit vector and the logits
-    are cosine similarities in [-1, 1].
+    magnitude ``g`` starts at 1 and is trained, as in the official head; ``train_norm=False``
+    freezes it, so each prototype stays a unit vector and the logits are cosine similarities.
     """
 
     def __init__(
@@ -32,6 +32,7 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         nlayers: int = 3,
         mlp_bias: bool = True,
+        train_norm: bool = True,
     ) -> None:
         super().__init__()
         if nlayers < 1:
@@ -50,7 +51,7 @@ class DINOHead(nn.Module):
         magnitude = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():
             magnitude.fill_(1.0)
-        magnitude.requires_grad_(False)
+        magnitude.requires_grad_(train_norm)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.mlp(x)

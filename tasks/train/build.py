@@ -36,10 +36,12 @@ def build_ssl(cfg: TrainConfig) -> SSLMetaArch:
     backbone = build_backbone(cfg)
     loss = cfg.loss
     dim = backbone.embed_dim
-    dino_head = DINOHead(dim, loss.dino_prototypes, loss.head_hidden_dim, loss.head_bottleneck_dim, loss.head_nlayers)
+    dino_head = DINOHead(dim, loss.dino_prototypes, loss.head_hidden_dim, loss.head_bottleneck_dim, loss.head_nlayers,
+                         train_norm=loss.head_train_norm)
     ibot_head = None
     if loss.ibot_separate_head and loss.ibot_weight > 0:
-        ibot_head = DINOHead(dim, loss.ibot_prototypes, loss.head_hidden_dim, loss.ibot_bottleneck_dim, loss.head_nlayers)
+        ibot_head = DINOHead(dim, loss.ibot_prototypes, loss.head_hidden_dim, loss.ibot_bottleneck_dim,
+                             loss.head_nlayers, train_norm=loss.head_train_norm)
     return SSLMetaArch(
         backbone,
         dino_head,

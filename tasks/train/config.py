@@ -87,6 +87,10 @@ class LossConfig(_Section):
     head_hidden_dim: int = Field(2048, ge=8, le=16384, description="Hidden width of the head MLPs.")
     head_bottleneck_dim: int = Field(256, ge=4, le=2048, description="Bottleneck width of the DINO head.")
     head_nlayers: int = Field(3, ge=1, le=5, description="Linear layers in each head MLP.")
+    head_train_norm: bool = Field(
+        True, description="Train the prototypes' weight-norm magnitude, as the official head does; off fixes "
+        "every prototype at unit norm, so the logits are cosine similarities.",
+    )
     ibot_weight: float = Field(1.0, ge=0, description="Weight of the iBOT masked-patch loss (0 disables it).")
     ibot_separate_head: bool = Field(False, description="Separate iBOT head (L/g recipe) instead of sharing the DINO head.")
     ibot_prototypes: int = Field(65536, ge=2, le=1 << 18, description="Prototypes of a separate iBOT head.")
@@ -126,6 +130,10 @@ class OptimConfig(_Section):
     adamw_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
     layerwise_decay: float = Field(0.9, gt=0, le=1, description="LR multiplier per block towards the input.")
     patch_embed_lr_mult: float = Field(0.2, ge=0, le=1, description="Extra LR multiplier of the patch embedding.")
+    decay_tokens: bool = Field(
+        True, description="Weight decay on the class, register and mask tokens and the positional embedding, as "
+        "the official recipe; off exempts them like biases and norms.",
+    )
     clip_grad: float = Field(3.0, ge=0, description="Gradient-norm clip per module (0 disables).")
     freeze_last_layer_fraction: float = Field(
         0.01, ge=0, le=1, description="Fraction of the run with the prototype layers' LR at 0."

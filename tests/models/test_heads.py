@@ -40,13 +40,22 @@ def test_head_defaults_and_layer_counts():
         assert h(torch.randn(2, 4)).shape == (2, 6)
 
 
-def test_prototypes_are_unit_vectors_and_g_is_frozen():
+def test_prototypes_start_as_unit_vectors_and_g_trains_as_in_the_official_head():
     torch.manual_seed(1)
     head = DINOHead(in_dim=6, out_dim=10, hidden_dim=8, bottleneck_dim=4)
     g = head.last_layer.parametrizations.weight.original0
+    assert g.requires_grad and torch.all(g == 1.0)
+    torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(10))
+    head(torch.randn(3, 6)).square().sum().backward()
+    assert g.grad is not None and g.grad.abs().sum() > 0
+
+
+def test_frozen_norm_keeps_prototypes_unit_vectors():
+    torch.manual_seed(1)
+    head = DINOHead(in_dim=6, out_dim=10, hidden_dim=8, bottleneck_dim=4, train_norm=False)
+    g = head.last_layer.parametrizations.weight.original0
     v = head.last_layer.parametrizations.weight.original1
     assert not g.requires_grad and torch.all(g == 1.0)
-    torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(10))
     head(torch.randn(3, 6)).square().sum().backward()
     assert g.grad is None and v.grad is not None and v.grad.abs().sum() > 0
     trainable = {n for n, p in head.named_parameters() if p.requires_grad}

@@ -128,7 +128,11 @@ def test_param_groups_match_rules():
             seen[name] = (g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"])
     named = dict(student.named_parameters())
     assert set(seen) == {n for n, p in named.items() if p.requires_grad}
-    assert "dino_head.last_layer.parametrizations.weight.original0" not in seen  # frozen g
+    # the trained prototype norms decay and freeze with the prototypes, as the official weight_g
+    assert seen["dino_head.last_layer.parametrizations.weight.original0"] == (1.0, 1.0, True)
+    frozen = nn.ModuleDict({"dino_head": DINOHead(4, 6, 8, 3, train_norm=False)})
+    names = {n for g in build_param_groups(frozen) for n in g["param_names"]}
+    assert "dino_head.last_layer.parametrizations.weight.original0" not in names
     for name, got in seen.items():
         exp = _expected(name, named[name], 3, 0.9, 0.2)
         assert got[0] == pytest.approx(exp[0]) and got[1:] == exp[1:], name

@@ -9,8 +9,10 @@ def tiny_config(**over) -> TrainConfig:
     base = dict(
         model=dict(arch="vit_pico", patch_size=14, drop_path_rate=0.1, layerscale=0.0),
         crops=dict(global_crops_size=28, local_crops_size=14, local_crops_number=2, color_jitter_p=0.0),
-        loss=dict(dino_prototypes=64, head_hidden_dim=32, head_bottleneck_dim=16, mask_ratio=(0.25, 0.5)),
-        optim=dict(batch_size_per_rank=8, total_steps=6, base_lr=1e-3, lr_scaling="none"),
+        # the earlier recipe options (frozen prototype norms, no decay on tokens): pinned runs keep their losses
+        loss=dict(dino_prototypes=64, head_hidden_dim=32, head_bottleneck_dim=16, mask_ratio=(0.25, 0.5),
+                  head_train_norm=False),
+        optim=dict(batch_size_per_rank=8, total_steps=6, base_lr=1e-3, lr_scaling="none", decay_tokens=False),
         checkpoint=dict(every_steps=2, keep=2),
         eval=dict(knn_dataset="none"),
         data=dict(source="fashion-mnist", num_workers=0),
