@@ -142,14 +142,22 @@ def validate(model: type[M], data: dict, problems: list[str] | None = None) -> M
     return cfg
 
 
-def load_config(model: type[M], config: str | Path | None = None, overrides: list[str] | None = None) -> M:
-    """Load a preset name or YAML file (or the model defaults) and apply overrides."""
+def load_config(model: type[M], config: str | Path | None = None, overrides: list[str] | None = None,
+                section: str | None = None) -> M:
+    """Load a preset name or YAML file (or the model defaults) and apply overrides: the one config
+    loader of every entry point. With ``section`` (e.g. ``train``) the model is that section of the
+    file (or the whole file when it has no such key), and overrides may name it as a prefix."""
     data: dict = {}
     if config is not None:
         loaded = yaml.safe_load(preset_path(config).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{config}: the top level of a config file must be a mapping")
         data = loaded
+    if section is not None:
+        data = data.get(section, data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{config}: {section!r} must be a mapping")
+        overrides = [o.removeprefix(f"{section}.") for o in overrides or []]
     problems: list[str] = []
     data = apply_overrides(model, data, overrides or [], problems)
     return validate(model, data, problems)

@@ -9,10 +9,8 @@ fractions of the run, so a 300-step CPU run and a 625k-iteration run use the sam
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Arch = Literal["vit_pico", "vit_tiny", "vit_small", "vit_base", "vit_large", "vit_giant2"]
@@ -374,22 +372,3 @@ class TrainConfig(_Section):
         if self.optim.lr_scaling == "none":
             return self.optim.base_lr
         return self.optim.base_lr * (self.global_batch(world_size) / 1024) ** 0.5
-
-
-def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Read the ``train:`` section of a YAML preset (the rest of the file belongs to other stages)."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    section = data.get("train", data) if isinstance(data, dict) else None
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: no 'train' mapping")
-    cfg = TrainConfig.model_validate(section)
-    if overrides:
-        cfg = TrainConfig.model_validate(_deep_merge(cfg.model_dump(), overrides))
-    return cfg
-
-
-def _deep_merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out

@@ -16,25 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-import yaml
-
-from tasks.train.config import TrainConfig, load_train_config
+from lvd.config import load_config
+from tasks.train.config import TrainConfig
 from tasks.train.loop import train
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["optim.total_steps=10", ...]`` as a nested dict; values are read as YAML scalars."""
-    out: dict = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"override {item!r} is not key=value")
-        parts = key.removeprefix("train.").split(".")
-        node = out
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value) if value else value
-    return out
 
 
 def read_config(path: str, overrides: list[str]) -> TrainConfig:
@@ -43,7 +27,7 @@ def read_config(path: str, overrides: list[str]) -> TrainConfig:
         if overrides:
             raise SystemExit("overrides apply to YAML presets; a JSON config is taken whole")
         return TrainConfig.model_validate_json(Path(path).read_text())
-    return load_train_config(path, parse_overrides(overrides) or None)
+    return load_config(TrainConfig, path, overrides, section="train")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -95,3 +95,20 @@ def test_apply_overrides_alone_names_every_unknown_key():
     with pytest.raises(ConfigError) as err:
         apply_overrides(Outer, {}, ["crawl.concurency=64", "nmae=x"])
     assert "'crawl.concurency'" in str(err.value) and "'nmae'" in str(err.value)
+
+
+def test_one_loader_reads_a_presets_train_section_with_the_same_override_rules(tmp_path):
+    """The training entry point (torchrun) and the CLI parse a preset and its overrides alike."""
+    import pytest
+
+    from lvd.config import ConfigError, load_config
+    from tasks.train.config import TrainConfig
+    from tasks.train.entry import read_config
+
+    cfg = read_config("configs/cpu-tiny.yaml", ["train.optim.total_steps=7", "model.arch=vit_tiny"])
+    assert (cfg.optim.total_steps, cfg.model.arch) == (7, "vit_tiny")
+    assert cfg == load_config(TrainConfig, "cpu-tiny", ["optim.total_steps=7", "train.model.arch=vit_tiny"],
+                              section="train")
+    with pytest.raises(ConfigError) as err:
+        read_config("configs/cpu-tiny.yaml", ["optim.total_step=7", "optim.base_lr=-1"])
+    assert "unknown key 'optim.total_step'" in str(err.value) and "optim.base_lr" in str(err.value)

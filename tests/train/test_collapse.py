@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.train.config import load_train_config
+from lvd.config import load_config
+from tasks.train.config import TrainConfig
 from tasks.train.loop import train
 from tests.train.conftest import needs_fashion_mnist
 
@@ -22,7 +23,7 @@ PRESET = Path(__file__).resolve().parents[2] / "configs" / "cpu-tiny.yaml"
 @needs_fashion_mnist
 @pytest.mark.slow
 def test_cpu_tiny_preset_learns_without_collapse(tmp_path):
-    cfg = load_train_config(PRESET)
+    cfg = load_config(TrainConfig, PRESET, section="train")
     summary = train(cfg, f"file://{tmp_path}/run", log=print)
     knn = summary["knn"]
     init, final = knn["0"], knn[str(cfg.optim.total_steps)]

@@ -13,7 +13,8 @@ from lvd.config import ConfigError, load_config
 from models.patch_embed import PatchEmbed
 from tasks.train.build import build_ssl
 from tasks.train.checkpoint import latest_checkpoint, load_checkpoint, read_marker
-from tasks.train.config import load_train_config
+from lvd.config import load_config
+from tasks.train.config import TrainConfig
 from tasks.train.loop import train
 from tasks.train.phases import plan_phases
 from tasks.train.report import knn_markdown, phases_markdown
@@ -64,14 +65,14 @@ def test_cli_override_errors_name_the_full_key_and_a_disabled_phase_is_not_check
 
 def test_full_size_presets_end_at_518_px_for_10k_steps():
     for name in ("vits14", "vitl14", "vitg14"):
-        base, high = plan_phases(load_train_config(CONFIGS / f"{name}.yaml"))
+        base, high = plan_phases(load_config(TrainConfig, CONFIGS / f"{name}.yaml", section="train"))
         assert (high.name, high.global_crops_size, high.end_step - high.start_step) == ("high_res", 518, 10000), name
         assert base.end_step == high.start_step and base.global_crops_size == 224
     lvd142m = load_config(PipelineConfig, "lvd-142m").train
     assert lvd142m.high_res.enabled and lvd142m.high_res.global_crops_size == 518
-    tiny = load_train_config(CONFIGS / "cpu-tiny.yaml")
+    tiny = load_config(TrainConfig, CONFIGS / "cpu-tiny.yaml", section="train")
     assert [p.name for p in plan_phases(tiny)] == ["base"], "the demo preset keeps its time: phase off"
-    on = load_train_config(CONFIGS / "cpu-tiny.yaml", {"high_res": {"enabled": True}})
+    on = load_config(TrainConfig, CONFIGS / "cpu-tiny.yaml", ["high_res.enabled=true"], section="train")
     assert [(p.name, p.global_crops_size) for p in plan_phases(on)] == [("base", 56), ("high_res", 112)]
 
 
