@@ -16,12 +16,13 @@ from flows.stages import map_parts, prefect_task, run_stage, with_effective_stor
 from lvd.config import load_config, override_model
 from storage import uri as storage_uri
 from storage.commit import config_digest, digest_of_commit, publish_latest, read_commit, stage_uri
-from storage.shards import manifest_shards
+from storage.shards import manifest_shards, shard_name
 from storage.uri import basename
 from tasks.crawl import stage as crawl
 from tasks.crawl.shared_limits import prepare_crawl_limits
 from tasks.dedup import stage as dedup
 from tasks.dedup.embedder import load_copy_embedder
+from tasks.dedup.layout import kept_keys_by_shard
 from tasks.embed import run as embed
 from tasks.retrieve.run import run_retrieve
 from tasks.safety import stage as safety
@@ -92,16 +93,14 @@ def run_embed(cfg: CurateConfig, pool_uri: str, dedup_uri: str) -> tuple[str, di
     queries = cfg.retrieve.queries
     digest = config_digest({"dedup": digest_of_commit(dedup_uri),
                             "queries": [q.model_dump(mode="json") for q in queries]})
-    keep = embed.keep_keys_by_shard(dedup_uri)
+    keep = kept_keys_by_shard(dedup_uri)
     shards = [s.url for s in manifest_shards(pool_uri)]
     parts = [("pool", i, url) for i, url in enumerate(shards)] + [("queries", q.name, q) for q in queries]
 
     def run_part(part) -> dict:
         kind, ident, item = part
         if kind == "pool":
-            name = basename(item)
-            kept = keep.get(name, keep.get(name.removesuffix(".tar"), []))
-            return embed.embed_shard(item, kept, out, cfg.embed, index=ident)
+            return embed.embed_shard(item, keep.get(shard_name(item), []), out, cfg.embed, index=ident)
         return embed.embed_query_set(item, out, cfg.embed)
 
     def finalize(summaries: list[dict]) -> dict:

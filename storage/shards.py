@@ -77,6 +77,13 @@ class _HashingWriter(io.RawIOBase):
         return len(data)
 
 
+def shard_name(url: str) -> str:
+    """A shard's one canonical name, which every stage keys its per-shard records by: the file name
+    without ``.tar`` (``.../lvd-000003.tar`` -> ``lvd-000003``)."""
+    name = url.rstrip("/").rsplit("/", 1)[-1]
+    return name[:-4] if name.endswith(".tar") else name
+
+
 def _encode(uri: str, key: str, ext: str, value) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)

@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.commit import mark_part_done, part_done
-from storage.shards import iter_samples
-from storage.uri import basename, join, read_bytes, write_bytes_atomic
+from storage.shards import iter_samples, shard_name
+from storage.uri import join, read_bytes, write_bytes_atomic
 from tasks.dedup.config import DedupConfig
 from tasks.dedup.decode import decode_rgb, trim_uniform_border
 from tasks.dedup.embedder import CopyEmbedder
@@ -43,9 +43,8 @@ META_SCHEMA = pa.schema(
 
 
 def part_name(shard_url: str) -> str:
-    """Part id of a shard: its file name without ``.tar``."""
-    name = basename(shard_url)
-    return name[:-4] if name.endswith(".tar") else name
+    """Part id of a shard: its canonical name."""
+    return shard_name(shard_url)
 
 
 def part_uri(stage_uri: str, part: str, name: str) -> str:

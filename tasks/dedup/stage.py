@@ -42,9 +42,7 @@ from tasks.dedup.previous import PREVIOUS, load_previous, match_previous, read_i
 from tasks.dedup.phash import gray_thumbnails
 from tasks.dedup.unionfind import UnionFind
 
-STAGE = "dedup"
-KEEP_FILE = "keep.parquet"
-GROUPS_FILE = "groups.parquet"
+from tasks.dedup.layout import GROUPS_FILE, KEEP_FILE, STAGE
 
 
 def stage_digests(crawl_stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder | None,

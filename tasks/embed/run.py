@@ -259,13 +259,3 @@ def load_query_embeddings(stage_uri: str, name: str) -> Embeddings:
     if x.shape[0] == 0:
         raise QuerySetError(f"query set {name!r} is empty")
     return Embeddings(x.astype(np.float32), table.column("id").to_pylist(), labels=table.column("label").to_pylist())
-
-
-def keep_keys_by_shard(dedup_stage_uri: str) -> dict[str, list[str]]:
-    """Kept pool keys per shard name, from dedup's ``keep.parquet``."""
-    table = read_table(join(dedup_stage_uri, "keep.parquet"))
-    out: dict[str, list[str]] = {}
-    for key, shard, kept in zip(*(table.column(c).to_pylist() for c in ("key", "shard", "kept"))):
-        if kept:
-            out.setdefault(basename(shard), []).append(key)
-    return out

@@ -25,6 +25,7 @@ from tasks.retrieve.config import RetrieveConfig
 from tasks.retrieve.index import build_index
 from tasks.retrieve.kmeans import assign
 from tasks.retrieve.layout import (
+    CENTROIDS_FILE,
     STAGE,
     npy_bytes,
     read_centroids,
@@ -105,7 +106,7 @@ def run_refresh_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConf
             "checksum": embed_commit.get("extra", {}).get("checksum"),
             "datasets": stats,
             "dropped_by_max_total": sel.dropped_total_cap,
-            "centroids": earlier.get("centroids") or join(previous, "centroids.npy"),
+            "centroids": earlier.get("centroids") or join(previous, CENTROIDS_FILE),
             "previous": previous,
             **state,
         },

@@ -19,6 +19,10 @@ from tasks.embed.run import Embeddings
 from tasks.retrieve.selection import Selection
 
 STAGE = "retrieve"
+CENTROIDS_FILE = "centroids.npy"
+ASSIGNMENTS_FILE = "assignments.parquet"
+SELECTION_FILE = "selection.parquet"
+DATASETS_FILE = "datasets.parquet"
 
 
 def npy_bytes(x: np.ndarray) -> bytes:
@@ -71,20 +75,20 @@ def write_outputs(stage_uri: str, pool: Embeddings, sel: Selection, labels: np.n
                   queries: dict[str, Embeddings], as_is: list) -> list[dict]:
     """assignments, selection and datasets tables; returns the per-dataset stats."""
     write_table(
-        join(stage_uri, "assignments.parquet"),
+        join(stage_uri, ASSIGNMENTS_FILE),
         pa.table({"key": pa.array(pool.keys, pa.string()), "shard": pa.array(pool.shards, pa.string()),
                   "cluster": pa.array(labels, pa.int64()), "similarity": pa.array(pool_sims, pa.float32())}),
         SCHEMAS["retrieve.assignments"],
     )
     table = selection_table(pool, sel, labels, queries, as_is)
-    write_table(join(stage_uri, "selection.parquet"), table, SCHEMAS["retrieve.selection"])
+    write_table(join(stage_uri, SELECTION_FILE), table, SCHEMAS["retrieve.selection"])
     stats = [dict(s, selected=s["selected"]) for s in sel.stats]
     for name, q, _ in as_is:
         stats.append({"dataset": name, "rule": "as-is", "queries": len(q), "candidates": len(q), "capped": 0,
                       "collisions": 0, "selected": len(q)})
     ds_rows = [{k: (s[k] if k in ("dataset", "rule") else int(s[k])) for k in SCHEMAS["retrieve.datasets"].names}
                for s in stats]
-    write_table(join(stage_uri, "datasets.parquet"), ds_rows, SCHEMAS["retrieve.datasets"])
+    write_table(join(stage_uri, DATASETS_FILE), ds_rows, SCHEMAS["retrieve.datasets"])
     return stats
 
 
@@ -121,13 +125,23 @@ def read_state(stage_uri: str, kind: str, dataset: str, default: np.ndarray) -> 
 def read_selection(stage_uri: str) -> pa.Table:
     """``selection.parquet`` of a committed retrieve stage."""
     read_commit(stage_uri)
-    return read_table(join(stage_uri, "selection.parquet"), schema=SCHEMAS["retrieve.selection"])
+    return read_table(join(stage_uri, SELECTION_FILE), schema=SCHEMAS["retrieve.selection"])
 
 
 def read_centroids(stage_uri: str) -> np.ndarray:
     """The centroids a retrieve stage used: its ``centroids.npy``, or in a refresh the earlier file its commit names."""
     try:
-        uri = read_commit(stage_uri).get("extra", {}).get("centroids") or join(stage_uri, "centroids.npy")
+        uri = read_commit(stage_uri).get("extra", {}).get("centroids") or join(stage_uri, CENTROIDS_FILE)
     except StageNotCommitted:
-        uri = join(stage_uri, "centroids.npy")
+        uri = join(stage_uri, CENTROIDS_FILE)
     return np.load(io.BytesIO(read_bytes(uri)), allow_pickle=False)
+
+
+def read_dataset_stats(stage_uri: str) -> list[dict]:
+    """``datasets.parquet``: per query set, what was asked for and what was selected."""
+    return read_table(join(stage_uri, DATASETS_FILE)).to_pylist()
+
+
+def read_assignments(stage_uri: str) -> pa.Table:
+    """``assignments.parquet``: every pool image's cluster and similarity."""
+    return read_table(join(stage_uri, ASSIGNMENTS_FILE))

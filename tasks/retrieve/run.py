@@ -20,7 +20,7 @@ from tasks.retrieve.config import RetrieveConfig
 from tasks.retrieve.index import build_index, measure_recall
 from tasks.retrieve.incremental import run_refresh_retrieve
 from tasks.retrieve.kmeans import KMeansError, assign, fit_kmeans
-from tasks.retrieve.layout import STAGE, npy_bytes, write_outputs, write_refresh_state
+from tasks.retrieve.layout import CENTROIDS_FILE, STAGE, npy_bytes, write_outputs, write_refresh_state
 from tasks.retrieve.selection import Picks, Selection, cluster_rule, merge_picks, sample_rule
 
 
@@ -109,7 +109,7 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig, prev
         if qs.rule == "as-is":
             q_labels, _ = assign(queries[qs.name].vectors, centroids)
             as_is.append((qs.name, queries[qs.name], q_labels))
-    write_bytes_atomic(join(stage_uri, "centroids.npy"), npy_bytes(centroids.astype(np.float32)))
+    write_bytes_atomic(join(stage_uri, CENTROIDS_FILE), npy_bytes(centroids.astype(np.float32)))
     stats = write_outputs(stage_uri, pool, sel, labels, pool_sims, queries, as_is)
     state = write_refresh_state(stage_uri, sel, labels, centroids.shape[0], {}, None)
     sizes = np.bincount(labels, minlength=centroids.shape[0])
@@ -134,7 +134,7 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig, prev
             "index": {k: v for k, v in index_info.items() if k not in INDEX_TIMINGS},
             "datasets": stats,
             "dropped_by_max_total": sel.dropped_total_cap,
-            "centroids": join(stage_uri, "centroids.npy"),
+            "centroids": join(stage_uri, CENTROIDS_FILE),
             **state,
         },
         timings={"kmeans_seconds": round(kmeans_seconds, 3),  # out of the digest: they differ run to run

@@ -33,7 +33,7 @@ from storage.tables import SCHEMAS, read_table, write_table
 from storage.uri import join
 from tasks.queries.config import QuerySetConfig
 from tasks.queries.sets import QuerySetError, iter_query_images
-from tasks.retrieve.layout import read_selection
+from tasks.retrieve.layout import read_dataset_stats, read_selection
 from tasks.shard.config import ShardConfig
 from lvd.errors import LvdError
 
@@ -234,7 +234,7 @@ def write_curated_shards(
 
 
 def _composition_rows(retrieve_stage_uri: str, samples: list[dict]) -> list[dict]:
-    stats = read_table(join(retrieve_stage_uri, "datasets.parquet")).to_pylist()
+    stats = read_dataset_stats(retrieve_stage_uri)
     final: dict[tuple[str, str], int] = defaultdict(int)
     for s in samples:
         final[(s["query_dataset"] or "", s["rule"])] += 1

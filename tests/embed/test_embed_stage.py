@@ -149,16 +149,16 @@ def test_finalize_commits_model_identity_and_refuses_mixed_models(tmp_path, pool
         finalize_embed(str(tmp_path / "other"), [other, s], CFG, "input-digest")
 
 
-def test_keep_keys_by_shard_reads_the_dedup_decisions(tmp_path, pool, fm):
+def test_kept_keys_by_shard_reads_the_dedup_decisions_by_canonical_shard_name(tmp_path, pool, fm):
     from storage.tables import SCHEMAS, write_table
-    from tasks.embed.run import keep_keys_by_shard
+    from tasks.dedup.layout import kept_keys_by_shard
 
     rows = [{"key": f"k{i:03d}", "shard": pool if i < 3 else "pool-000008.tar", "kept": i != 1,
              "reason": None if i != 1 else "copy", "group_id": None, "representative": None, "score": None}
             for i in range(5)]
     rows = [{k: r.get(k) for k in SCHEMAS["dedup.keep"].names} for r in rows]
     write_table(str(tmp_path / "dedup" / "keep.parquet"), rows, SCHEMAS["dedup.keep"])
-    keep = keep_keys_by_shard(str(tmp_path / "dedup"))
-    assert keep == {"pool-000007.tar": ["k000", "k002"], "pool-000008.tar": ["k003", "k004"]}
-    s = embed_shard(pool, keep["pool-000007.tar"], str(tmp_path / "embed"), CFG)
+    keep = kept_keys_by_shard(str(tmp_path / "dedup"))
+    assert keep == {"pool-000007": ["k000", "k002"], "pool-000008": ["k003", "k004"]}
+    s = embed_shard(pool, keep["pool-000007"], str(tmp_path / "embed"), CFG)
     assert s["images"] == 2
