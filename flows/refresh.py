@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from flows.config import CurateConfig
 from storage.commit import (
+    CONFIG_FILE,
     LATEST_FILE,
     StageNotCommitted,
     begin_stage,
@@ -70,7 +71,7 @@ def previous_stage(cfg: CurateConfig, plan: VersionPlan, stage: str) -> str | No
 
 def _stage_config(cfg: CurateConfig, version: str, stage: str) -> dict:
     try:
-        return json.loads(read_bytes(join(stage_uri(cfg.storage.root, cfg.dataset, version, stage), "config.json")))
+        return json.loads(read_bytes(join(stage_uri(cfg.storage.root, cfg.dataset, version, stage), CONFIG_FILE)))
     except FileNotFoundError:
         raise RefreshRefused(f"refresh from {version!r}: its {stage} stage has no config.json to compare with") from None
 
