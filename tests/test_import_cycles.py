@@ -209,8 +209,6 @@ KNOWN_PRIVATE_IMPORTS = {
     "flows/train_dinov2.py imports _artifact_key from flows.reporting",
     "storage/shards.py imports _local_temp_name from storage.uri",
     "storage/tables.py imports _local_temp_name from storage.uri",
-    "tasks/train/global_batches.py imports _mix from tasks.train.data",
-    "tasks/train/loop.py imports _mix from tasks.train.data",
 }
 
 

@@ -197,7 +197,7 @@ class Position:
     offset: int = 0
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int) -> int:
     """A 63-bit seed from several integers (SplitMix64 steps), stable across processes."""
     x = 0x9E3779B97F4A7C15
     for v in values:
@@ -207,7 +207,7 @@ def _mix(*values: int) -> int:
 
 
 def _perm(n: int, *seed: int) -> np.ndarray:
-    return np.random.default_rng(_mix(*seed)).permutation(n)
+    return np.random.default_rng(mix_seed(*seed)).permutation(n)
 
 
 @dataclass(frozen=True)
@@ -315,9 +315,9 @@ class SSLBatches(IterableDataset):
             for _ in range(self.batch_size):
                 key, raw, here, after = next(stream)
                 first = first or here
-                g = torch.Generator().manual_seed(_mix(self.seed, slot, here.epoch, here.shard, here.offset))
+                g = torch.Generator().manual_seed(mix_seed(self.seed, slot, here.epoch, here.shard, here.offset))
                 samples.append(self.transform(self.source.decode(raw), g))
-            g = torch.Generator().manual_seed(_mix(self.seed, slot, first.epoch, first.shard, first.offset, 1))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, slot, first.epoch, first.shard, first.offset, 1))
             yield self.collate(samples, g), {"role": role, "position": after}
 
 
@@ -331,7 +331,7 @@ def batch_loader(dataset: IterableDataset, num_workers: int, seed: int, rank: in
         num_workers=num_workers,
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
-        generator=torch.Generator().manual_seed(_mix(seed, rank)),
+        generator=torch.Generator().manual_seed(mix_seed(seed, rank)),
     )
 
 

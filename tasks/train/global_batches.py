@@ -37,7 +37,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from models.collate import MultiCropCollator
-from tasks.train.data import SampleTransform, Source, _mix, batch_loader, plan_epoch, stop_loader_workers
+from tasks.train.data import SampleTransform, Source, mix_seed, batch_loader, plan_epoch, stop_loader_workers
 
 _MASKS = 0x6D61736B  # keeps the mask seeds of a step apart from every sample seed
 
@@ -202,7 +202,7 @@ class GlobalBatchParts(IterableDataset):
         for piece in self.schedule.pieces(step, *self.groups[group]):
             for i in range(piece.n):
                 key, raw = cache.sample(piece.stream, *index.locate(piece.stream, piece.position + i))
-                generator = torch.Generator().manual_seed(_mix(self.seed, piece.stream, piece.position + i))
+                generator = torch.Generator().manual_seed(mix_seed(self.seed, piece.stream, piece.position + i))
                 samples.append(self.transform(self.source.decode(raw), generator))
                 rows.append(piece.row + i)
         n_global, n_local = len(samples[0]["global_crops"]), len(samples[0]["local_crops"])
@@ -214,7 +214,7 @@ class GlobalBatchParts(IterableDataset):
         g = self.schedule.global_batch
         masks = self.collate.masks_for_rows(
             [c * g + r for c in range(n_global) for r in rows], n_global * g, self.collate.grid_of(global_crops),
-            _mix(self.seed, step, _MASKS),
+            mix_seed(self.seed, step, _MASKS),
         )
         return {
             "step": step,
