@@ -1,19 +1,14 @@
-"""Training data: an endless, seeded, resumable stream of augmented and collated batches.
+"""Training data: the sources of images and the seeded order in which they are read.
 
 Every source is a list of *shards* (committed WebDataset tars of curate-lvd, chunks of an image
 folder, chunks of Fashion-MNIST). Each epoch permutes the shards and, within each shard, the
-samples, both from (seed, epoch, shard), so the order is a pure function of the seed. The stream
-is split over ``world_size x num_workers`` slots: shards are dealt round-robin to slots when
+samples, both from (seed, epoch, shard), so the order is a pure function of the seed. The order
+is split over slots (the data streams of :mod:`tasks.train.global_batches`): shards are dealt round-robin to slots when
 there are enough of them, otherwise each slot takes every n-th sample of every shard.
 
-A slot's position is (epoch, shard index in its list, sample offset in the permuted shard). Each
-batch carries the position after it, and :class:`ResumableLoader` keeps the positions of the
-batches actually consumed, so a checkpoint resumes the exact sample order (and, since crop and
-mask randomness is seeded from the position, the exact crops and masks).
-
-Pretraining reads its batches through :mod:`tasks.train.global_batches`, which builds on the
-sources and :func:`plan_epoch` here so that a step's global batch does not depend on the number of
-processes; :class:`ResumableLoader` serves single-process distillation.
+Training (pretraining and distillation alike) reads its batches through
+:mod:`tasks.train.global_batches`, which builds on the sources and :func:`plan_epoch` here so that
+a step's global batch does not depend on the number of processes.
 """
 
 from __future__ import annotations
@@ -21,18 +16,16 @@ from __future__ import annotations
 import abc
 
 import io
-import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset
 
 SampleTransform = Callable[[Image.Image, torch.Generator], Any]
-BatchCollate = Callable[[list, torch.Generator], dict]
 
 _CHUNK = 1000  # samples per virtual shard of in-memory and folder sources
 
@@ -188,15 +181,6 @@ def _has_manifest(uri: str) -> bool:
 # ---- order ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a slot's stream stands: next sample is ``offset`` of shard ``shard`` of ``epoch``."""
-
-    epoch: int = 0
-    shard: int = 0
-    offset: int = 0
-
-
 def mix_seed(*values: int) -> int:
     """A 63-bit seed from several integers (SplitMix64 steps), stable across processes."""
     x = 0x9E3779B97F4A7C15
@@ -238,87 +222,7 @@ def plan_epoch(sizes: Sequence[int], seed: int, epoch: int, slot: int, n_slots: 
     return SlotPlan(plan)
 
 
-def iter_slot(
-    source: Source, seed: int, slot: int, n_slots: int, start: Position, shuffle: bool = True
-) -> Iterator[tuple[str, Any, Position, Position]]:
-    """Endless ``(key, raw, position of this sample, position after it)`` for one slot."""
-    sizes = source.shard_sizes()
-    epoch, shard_pos, offset = start.epoch, start.shard, start.offset
-    while True:
-        plan = plan_epoch(sizes, seed, epoch, slot, n_slots, shuffle).shards
-        if not any(len(idx) for _, idx in plan):
-            raise ValueError(f"data slot {slot} of {n_slots} gets no samples from {len(source)} images")
-        for k in range(shard_pos, len(plan)):
-            sid, idx = plan[k]
-            if offset >= len(idx):
-                offset = 0
-                continue
-            samples = source.read_shard(sid)
-            if len(samples) != sizes[sid]:
-                raise ValueError(f"shard {sid} holds {len(samples)} samples, expected {sizes[sid]}")
-            for j in range(offset, len(idx)):
-                key, raw = samples[idx[j]]
-                here = Position(epoch, k, j)
-                after = Position(epoch, k, j + 1) if j + 1 < len(idx) else Position(epoch, k + 1, 0)
-                yield key, raw, here, after
-            offset = 0
-        epoch, shard_pos, offset = epoch + 1, 0, 0
-
-
 # ---- batches --------------------------------------------------------------------------------
-
-
-class SSLBatches(IterableDataset):
-    """Endless collated batches of one rank; each DataLoader worker serves one slot.
-
-    Yields ``(batch dict, {"role": worker role, "position": position after this batch})``.
-    Crop randomness of a sample and mask randomness of a batch come from generators seeded by
-    their position, so a resumed stream reproduces them.
-    """
-
-    def __init__(
-        self,
-        source: Source,
-        transform: SampleTransform,
-        collate: BatchCollate,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-        positions: dict[int, Position] | None = None,
-        role_offset: int = 0,
-        shuffle: bool = True,
-    ) -> None:
-        super().__init__()
-        self.source, self.transform, self.collate = source, transform, collate
-        self.batch_size, self.seed = batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        self.n_roles = max(1, num_workers)
-        self.positions = positions or {}
-        self.role_offset = role_offset
-        self.shuffle = shuffle
-
-    def role_of_worker(self, worker_id: int) -> int:
-        return (worker_id + self.role_offset) % self.n_roles
-
-    def __iter__(self):
-        info = get_worker_info()
-        role = self.role_of_worker(info.id if info is not None else 0)
-        slot = self.rank * self.n_roles + role
-        n_slots = self.world_size * self.n_roles
-        stream = iter_slot(
-            self.source, self.seed, slot, n_slots, self.positions.get(role, Position()), self.shuffle
-        )
-        while True:
-            samples, first = [], None
-            for _ in range(self.batch_size):
-                key, raw, here, after = next(stream)
-                first = first or here
-                g = torch.Generator().manual_seed(mix_seed(self.seed, slot, here.epoch, here.shard, here.offset))
-                samples.append(self.transform(self.source.decode(raw), g))
-            g = torch.Generator().manual_seed(mix_seed(self.seed, slot, first.epoch, first.shard, first.offset, 1))
-            yield self.collate(samples, g), {"role": role, "position": after}
 
 
 def batch_loader(dataset: IterableDataset, num_workers: int, seed: int, rank: int) -> DataLoader:
@@ -344,70 +248,3 @@ def stop_loader_workers(iterator: Iterator | None) -> None:
             shutdown()
         except RuntimeError:
             pass  # a worker stopped mid-prefetch at the end of a run: nothing it held is needed
-
-
-class ResumableLoader:
-    """A DataLoader over :class:`SSLBatches` that remembers what was consumed.
-
-    ``state_dict()`` is small plain data for the checkpoint; passing it back as ``state``
-    continues with the batch that would have come next.
-    """
-
-    def __init__(
-        self,
-        source: Source,
-        transform: SampleTransform,
-        collate: BatchCollate,
-        batch_size: int,
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        num_workers: int = 0,
-        state: dict | None = None,
-        shuffle: bool = True,
-    ) -> None:
-        self.n_roles = max(1, num_workers)
-        self.layout = {"world_size": world_size, "num_workers": self.n_roles, "batch_size": batch_size}
-        positions: dict[int, Position] = {}
-        consumed = 0
-        if state:
-            if state.get("layout") != self.layout:
-                raise ValueError(
-                    f"data position was saved for {state.get('layout')}, this run has {self.layout}; "
-                    "the exact sample order cannot be resumed"
-                )
-            positions = {int(r): Position(**p) for r, p in state["positions"].items()}
-            consumed = int(state["consumed"])
-        self.positions = dict(positions)
-        self.consumed = consumed
-        phase = consumed % self.n_roles
-        self.dataset = SSLBatches(
-            source, transform, collate, batch_size, seed, rank, world_size, num_workers, positions, phase, shuffle
-        )
-        self.loader = batch_loader(self.dataset, num_workers, seed, rank)
-        self._iter: Iterator | None = None
-
-    def __iter__(self) -> "ResumableLoader":
-        return self
-
-    def __next__(self) -> dict:
-        if self._iter is None:
-            self._iter = iter(self.loader)
-        batch, meta = next(self._iter)
-        self.positions[int(meta["role"])] = meta["position"]
-        self.consumed += 1
-        return batch
-
-    def close(self) -> None:
-        stop_loader_workers(self._iter)
-        self._iter = None
-
-    def state_dict(self) -> dict:
-        return {
-            "layout": dict(self.layout),
-            "consumed": self.consumed,
-            "positions": {str(r): asdict(p) for r, p in sorted(self.positions.items())},
-        }
-
-    def state_json(self) -> str:
-        return json.dumps(self.state_dict(), sort_keys=True)
