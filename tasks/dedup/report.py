@@ -19,6 +19,7 @@ from storage.uri import join
 from tasks.dedup.decode import decode_rgb
 from tasks.dedup.evalsets import iter_eval_images
 from tasks.dedup.parts import part_name
+from tasks.pictures import LINE_HEIGHT, label_column_width, wrap_label
 
 
 def reason_counts_markdown(counts: dict) -> str:
@@ -33,20 +34,28 @@ def reason_counts_markdown(counts: dict) -> str:
 
 
 def contact_sheet_png(rows: list[tuple[str, list[Image.Image]]], thumb: int = 64, max_per_row: int = 8) -> bytes:
-    """PNG bytes: one labelled row per example, its images as ``thumb``-pixel squares (letterboxed)."""
-    label_w = 150
-    height = max(1, len(rows)) * (thumb + 6) + 6
+    """PNG bytes: one labelled row per example, its images as ``thumb``-pixel squares (letterboxed).
+
+    Labels are shown whole: the label column fits the longest (up to 240 px) and longer ones wrap."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = label_column_width(measure, [label for label, _ in rows], least=150)
+    wrapped = [wrap_label(measure, label, label_w - 8) for label, _ in rows]
+    heights = [max(thumb, len(lines) * LINE_HEIGHT) for lines in wrapped]
+    height = sum(h + 6 for h in heights) + 6
     width = label_w + max_per_row * (thumb + 4) + 4
     sheet = Image.new("RGB", (width, height), (250, 250, 250))
     draw = ImageDraw.Draw(sheet)
-    for r, (label, images) in enumerate(rows):
-        y = 6 + r * (thumb + 6)
-        draw.text((4, y + thumb // 2 - 6), label[:24], fill=(20, 20, 20))
+    y = 6
+    for (label, images), lines, h in zip(rows, wrapped, heights):
+        ty = y + (h - len(lines) * LINE_HEIGHT) // 2
+        for n, line in enumerate(lines):
+            draw.text((4, ty + n * LINE_HEIGHT), line, fill=(20, 20, 20))
         for c, img in enumerate(images[:max_per_row]):
             tile = img.convert("RGB").copy()
             tile.thumbnail((thumb, thumb))
             x = label_w + c * (thumb + 4)
-            sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
+            sheet.paste(tile, (x + (thumb - tile.width) // 2, y + (h - tile.height) // 2))
+        y += h + 6
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", optimize=True)
     return buf.getvalue()

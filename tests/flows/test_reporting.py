@@ -47,3 +47,86 @@ def test_curation_report_publishes_the_crawl_reasons_table(tmp_path, artifacts):
     assert all(r["description"] and r["kind"] for r in rows)
     assert "20 rejected" in table["description"] and "3 failed" in table["description"]
     assert rows == reasons_table(counted)
+
+
+# --- the report's pictures -------------------------------------------------------------------------------
+
+def _pixels(png: bytes):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def _jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_histogram_count_axis_has_distinct_integer_ticks():
+    from tasks.retrieve.report import count_ticks
+
+    assert count_ticks(2) == [0, 1, 2]
+    for peak in (1, 2, 3, 4, 5, 7, 9, 13, 99, 1000, 12345):
+        ticks = count_ticks(peak)
+        assert len(set(ticks)) == len(ticks) <= 5 and ticks[0] == 0 and ticks[-1] >= peak, (peak, ticks)
+        assert all(isinstance(t, int) for t in ticks)
+
+
+def test_histogram_bins_of_integer_sizes_are_integer_with_distinct_labels():
+    import numpy as np
+
+    from tasks.retrieve.report import bin_label, cluster_size_histogram_png, size_bins
+
+    edges, counts = size_bins(np.array([1, 2, 2, 0]))
+    assert edges.tolist() == [1, 2, 3] and counts.tolist() == [1, 2]
+    rng = np.random.default_rng(0)
+    for sizes in (rng.integers(1, 5, 50), rng.integers(1, 20_000, 500), np.array([7, 7, 7])):
+        edges, counts = size_bins(sizes)
+        labels = [bin_label(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+        assert edges.dtype.kind == "i" and len(set(labels)) == len(labels)
+        assert counts.sum() == (sizes > 0).sum()
+        assert _pixels(cluster_size_histogram_png(sizes)).shape[1] == 640
+
+
+@pytest.mark.parametrize("sheet", ["retrieve", "dedup"])
+def test_contact_sheet_labels_are_not_cut(sheet):
+    """Two labels that differ only at their end must draw differently (a cut label draws the same)."""
+    import io
+
+    from PIL import Image
+
+    if sheet == "retrieve":
+        from tasks.retrieve.report import contact_sheet_png
+
+        images = [_jpeg()] * 3
+    else:
+        from tasks.dedup.report import contact_sheet_png
+
+        images = [Image.open(io.BytesIO(_jpeg()))] * 3
+    a = _pixels(contact_sheet_png([("duplicate_of_previous_version (n=12)", images)]))
+    b = _pixels(contact_sheet_png([("duplicate_of_previous_version (n=13)", images)]))
+    assert a.shape == b.shape and (a != b).any()
+    long = "s3://bucket/queries/imagenet/train/n01440764/n01440764_10026.JPEG (first of 12 neighbours)"
+    c = _pixels(contact_sheet_png([(long, images)]))
+    d = _pixels(contact_sheet_png([(long[:-1] + "!", images)]))
+    assert (c != d).any() and c.shape[0] > 64
+
+
+def test_wrapped_label_keeps_every_character():
+    from PIL import Image, ImageDraw
+
+    from tasks.pictures import wrap_label
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for text in ("cluster 12 (3)", "s3://bucket/very/long/path/query-000123.jpg", "x" * 80, ""):
+        lines = wrap_label(draw, text, 90)
+        assert "".join(lines).replace(" ", "") == text.replace(" ", "")
+        assert all(draw.textlength(line) <= 90 for line in lines)
