@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lvd.errors import LvdError
 
 _ACTIVE: ContextVar[Any | None] = ContextVar("lvd_task_runner", default=None)
+_IN_FLIGHT: ContextVar[int | None] = ContextVar("lvd_parts_in_flight", default=None)
 
 
 class RunnerUnreachable(LvdError, ConnectionError):
@@ -53,6 +54,10 @@ class RunnerConfig(BaseModel):
         256, ge=64, le=1_048_576, description="Shared-memory object store of a local Ray cluster, MiB; parts "
         "exchange only URIs and small summaries, so little is needed.")
     connect_timeout: float = Field(5.0, gt=0, le=120, description="Seconds to wait for `address` to answer.")
+    max_parts_in_flight: int | None = Field(
+        None, ge=1, le=100_000, description="Parts of a stage submitted at a time, so memory does not grow with "
+        "the number of parts; None: the parts the runner can run at once (threads: max_workers or the CPU "
+        "count; dask: n_workers x threads_per_worker; ray: n_workers), plus as many queued.")
 
     @model_validator(mode="after")
     def _address_names_a_host(self) -> "RunnerConfig":
@@ -147,20 +152,43 @@ def _local_ray_dir(cfg: RunnerConfig) -> Iterator[str | None]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def parts_in_flight(cfg: RunnerConfig) -> int:
+    """How many parts `map_parts` keeps submitted: twice what the runner runs at once (one running,
+    one queued per slot), unless set."""
+    if cfg.max_parts_in_flight is not None:
+        return cfg.max_parts_in_flight
+    if cfg.kind == "thread":
+        slots = cfg.max_workers or os.cpu_count() or 1
+    elif cfg.kind == "dask":
+        slots = cfg.n_workers * cfg.threads_per_worker
+    else:
+        slots = cfg.n_workers
+    return 2 * slots
+
+
+def max_parts_in_flight() -> int | None:
+    """The bound `use_task_runner` set for this flow run (None outside one: no bound)."""
+    return _IN_FLIGHT.get()
+
+
 @contextmanager
 def use_task_runner(cfg: RunnerConfig) -> Iterator[Any | None]:
     """Run the parts of every stage inside this block on `cfg`'s runner (the thread kind keeps
     the flow's own runner, so a flow given another runner with `with_options` still uses it)."""
     check_reachable(cfg)
-    if cfg.kind == "thread" and cfg.max_workers is None:
-        yield None
-        return
-    with _local_ray_dir(cfg) as ray_dir, build_task_runner(cfg, ray_dir) as runner:
-        token = _ACTIVE.set(runner)
-        try:
-            yield runner
-        finally:
-            _ACTIVE.reset(token)
+    bound = _IN_FLIGHT.set(parts_in_flight(cfg))
+    try:
+        if cfg.kind == "thread" and cfg.max_workers is None:
+            yield None
+            return
+        with _local_ray_dir(cfg) as ray_dir, build_task_runner(cfg, ray_dir) as runner:
+            token = _ACTIVE.set(runner)
+            try:
+                yield runner
+            finally:
+                _ACTIVE.reset(token)
+    finally:
+        _IN_FLIGHT.reset(bound)
 
 
 def active_task_runner():

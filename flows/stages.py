@@ -16,7 +16,7 @@ from prefect.cache_policies import NONE
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
-from flows.runner import active_task_runner
+from flows.runner import active_task_runner, max_parts_in_flight
 from storage.commit import begin_stage, config_digest
 from storage import uri as storage_uri
 from storage.config import StorageConfig
@@ -92,22 +92,38 @@ def map_parts(
     """One Prefect task run per part on the flow's task runner; progress as an artifact.
 
     Every part runs to its end even when others fail; then all failures are raised together,
-    while the finished parts stay marked done in storage for the rerun.
+    while the finished parts stay marked done in storage for the rerun. At most the runner's
+    ``max_parts_in_flight`` parts are submitted at a time, so a stage of 10,000 parts holds no
+    more futures, queued inputs or worker processes than one of ten.
     """
     part_task = prefect_task(in_callers_store(run_part), name=f"{stage}-part", retries=part_retries,
                              tags=[f"lvd-{stage}"])
     progress = create_progress_artifact(progress=0.0, description=f"{stage}: parts finished")
-    futures = [submit_part(part_task.with_options(task_run_name=f"{stage}-{part_label(p)}"), p) for p in parts]
-    index = {id(f): i for i, f in enumerate(futures)}
-    summaries: list[dict | None] = [None] * len(futures)
+    bound = max_parts_in_flight() or len(parts) or 1
+    summaries: list[dict | None] = [None] * len(parts)
     failures: list[str] = []
-    for finished, future in enumerate(as_completed(futures), start=1):
-        i = index[id(future)]
+    waiting = iter(enumerate(parts))
+    running: dict[int, tuple[int, Any]] = {}  # id(future) -> (part index, future)
+
+    def submit_more() -> None:  # keep at most `bound` parts submitted: memory stays flat in the parts
+        for i, part in waiting:
+            future = submit_part(part_task.with_options(task_run_name=f"{stage}-{part_label(part)}"), part)
+            running[id(future)] = (i, future)
+            if len(running) >= bound:
+                return
+
+    submit_more()
+    finished = 0
+    while running:
+        future = next(as_completed([f for _, f in running.values()]))
+        i, _ = running.pop(id(future))
         try:
             summaries[i] = future.result()
         except Exception as err:  # a failed part is reported with the others, never hides them
             failures.append(f"{part_label(parts[i])}: {type(err).__name__}: {err}")
+        finished += 1
         update_progress_artifact(progress, progress=100.0 * finished / max(len(parts), 1))
+        submit_more()
     if failures:
         raise StageFailed(
             f"{stage}: {len(failures)} of {len(parts)} parts failed; finished parts are kept for the rerun:\n  "
