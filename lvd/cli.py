@@ -23,6 +23,17 @@ import sys
 
 from lvd.config import ConfigError
 
+# An override each command's help shows (keys of flows.config.PipelineConfig; a test checks they exist).
+OVERRIDE_EXAMPLES = {
+    "curate": "crawl.max_concurrency=64 dedup.hash_method=phash",
+    "train": "train.optim.total_steps=400",
+    "distill": "distill.optim.total_steps=100",
+    "evaluate": "evaluate.knn.enabled=false",
+    "pipeline": "crawl.max_concurrency=64 train.optim.total_steps=400",
+    "demo": "crawl.max_per_host=8",
+    "doctor": "storage.root=s3://bucket/lvd",
+}
+
 # Subcommand -> (module with the flow, function that runs it from a loaded config).
 FLOW_COMMANDS = {
     "curate": ("flows.curate_lvd", "run_from_cli"),
@@ -159,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in FLOW_COMMANDS:
         p = sub.add_parser(name, help=f"run the {name} flow (on a reused or temporary Prefect server)")
         p.add_argument("--config", default="cpu-tiny", help="preset name (configs/NAME.yaml) or YAML path")
-        p.add_argument("overrides", nargs="*", help="dotted overrides such as crawl.concurrency=64")
+        p.add_argument("overrides", nargs="*",
+                       help=f"dotted key=value overrides of the preset, such as {OVERRIDE_EXAMPLES[name]}")
         p.set_defaults(func=cmd_flow)
     p = sub.add_parser("info", help="print the summary of a committed stage, or the versions of a dataset")
     p.add_argument("uri", help="stage URI, e.g. file://./lvd-data/lvd-demo/v1/crawl or s3://bucket/lvd/v1/shards, "
@@ -176,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="serve the demo web on 127.0.0.1 and run the main job on it")
     p.add_argument("--data-dir", default="lvd-data", help="where the demo web and the dataset go")
     p.add_argument("--config", default="cpu-tiny")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help=f"dotted overrides, such as {OVERRIDE_EXAMPLES['demo']}")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("doctor", help="check a deployment target (API, work pools, S3, GPUs) before work starts")
     p.add_argument("--config", default=None, help="preset or YAML whose storage and devices to check")
@@ -185,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="dataset root to probe (default: the config's, then LVD_ROOT)")
     p.add_argument("--no-workers", action="store_true", help="do not require a worker online (first setup)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per network check")
-    p.add_argument("overrides", nargs="*")
+    p.add_argument("overrides", nargs="*", help=f"dotted overrides, such as {OVERRIDE_EXAMPLES['doctor']}")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("server", help="start, stop or show the local Prefect server that lvd runs reuse")
     p.add_argument("action", choices=["start", "stop", "status"])

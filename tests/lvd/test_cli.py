@@ -44,3 +44,34 @@ def test_info_prints_counts_and_config(tmp_path, capsys):
     assert main(["info", uri]) == 0
     out = capsys.readouterr().out
     assert "samples" in out and "7" in out and "max_side" in out and "i" * 64 in out
+
+
+def _help_texts() -> dict[str, str]:
+    """`lvd --help` and every `lvd COMMAND --help`, as argparse renders them."""
+    import argparse
+
+    from lvd.cli import build_parser
+
+    parser = build_parser()
+    texts = {"lvd": parser.format_help()}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            texts.update({f"lvd {name}": sub.format_help() for name, sub in action.choices.items()})
+    return texts
+
+
+def test_every_dotted_key_in_the_cli_help_exists_and_its_example_value_is_valid():
+    import re
+
+    from flows.config import PipelineConfig
+    from lvd.config import load_config
+
+    found = 0
+    for where, text in _help_texts().items():
+        for key, value in re.findall(r"(?<![\w/.:-])([a-z_]+(?:\.[a-z_0-9]+)+)=(\S+)", " ".join(text.split())):
+            if key == "key.path":  # the placeholder of `[key.path=value ...]`
+                continue
+            found += 1
+            item = f"{key}={value.rstrip(',;)')}"
+            load_config(PipelineConfig, "cpu-tiny", [item])  # ConfigError names an unknown key or bad value
+    assert found >= 5
