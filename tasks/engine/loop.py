@@ -31,7 +31,9 @@ from models.schedules import apply_step, build_param_groups, build_schedules
 from storage import uri as su
 from tasks.engine.objectives import Objective
 from tasks.train.build import build_augmentation, build_collate
-from tasks.train.checkpoint import load_checkpoint, load_newest_good, read_marker, rng_state, save_checkpoint, set_rng_state
+from tasks.train.checkpoint import (
+    load_checkpoint, load_newest_good, read_marker, rng_state, save_checkpoint, set_rng_state,
+)
 from tasks.train.config import TrainConfig
 from tasks.train.data import mix_seed, open_source
 from tasks.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shard_ssl_model, shutdown

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tasks.engine.loop import BatchHook, NonFiniteLossError, run_objective  # noqa: F401 (NonFiniteLossError re-exported)
+from tasks.engine.loop import BatchHook, NonFiniteLossError, run_objective  # noqa: F401 (re-exported)
 from tasks.engine.objectives import SSLObjective
 from tasks.train.config import TrainConfig
 
