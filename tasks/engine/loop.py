@@ -86,6 +86,17 @@ def run_knn(backbone, bench, cfg: TrainConfig, dtype: torch.dtype) -> dict[str, 
         return evaluate_knn(backbone, bench, cfg.eval.knn_ks, cfg.eval.knn_temperature)
 
 
+def build_optimizer(cfg, student: torch.nn.Module) -> torch.optim.AdamW:
+    """AdamW over the student's parameter groups (layer-wise LR decay, patch-embed multiplier, no
+    decay on biases and norms, on tokens only with ``optim.decay_tokens``)."""
+    o = cfg.optim
+    groups = build_param_groups(student, layer_decay=o.layerwise_decay, patch_embed_lr_mult=o.patch_embed_lr_mult,
+                                decay_tokens=o.decay_tokens)
+    for g in groups:
+        g.pop("param_names", None)
+    return torch.optim.AdamW(groups, betas=(o.adamw_beta1, o.adamw_beta2))
+
+
 def run_objective(
     objective: Objective,
     run_uri: str,
@@ -126,12 +137,7 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
             su.write_bytes_atomic(su.join(run_uri, name), data)
     torch.manual_seed(cfg.seed + 7919 * (info.rank + 1))
 
-    param_groups = build_param_groups(
-        model.student, layer_decay=cfg.optim.layerwise_decay, patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult
-    )
-    for g in param_groups:
-        g.pop("param_names", None)
-    optimizer = torch.optim.AdamW(param_groups, betas=(cfg.optim.adamw_beta1, cfg.optim.adamw_beta2))
+    optimizer = build_optimizer(cfg, model.student)
     o = cfg.optim
     schedules = build_schedules(
         total,

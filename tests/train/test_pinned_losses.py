@@ -36,3 +36,19 @@ def test_pretraining_losses_are_pinned(tmp_path, stop_at):
     assert sorted(got) == sorted(PINNED)
     for step, want in PINNED.items():
         assert got[step] == pytest.approx(want, rel=1e-5), step
+
+
+def test_official_recipe_decays_tokens_and_trains_prototype_norms():
+    """The defaults follow the official recipe; the pinned runs above select the earlier one."""
+    from tasks.engine.loop import build_optimizer
+    from tasks.train.build import build_ssl
+
+    for official, cfg in ((True, tiny_config(optim=dict(decay_tokens=True), loss=dict(head_train_norm=True))),
+                          (False, tiny_config())):
+        model = build_ssl(cfg)
+        groups = build_optimizer(cfg, model.student).param_groups
+        wd = {id(p): g["wd_multiplier"] for g in groups for p in g["params"]}
+        backbone = model.student["backbone"]
+        assert wd[id(backbone.cls_token)] == wd[id(backbone.pos_embed)] == (1.0 if official else 0.0)
+        g = model.student["dino_head"].last_layer.parametrizations.weight.original0
+        assert (id(g) in wd) == official
