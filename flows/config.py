@@ -56,7 +56,8 @@ class CurateConfig(BaseModel):
     inputs: list[str] = Field(
         default_factory=list,
         description="Crawl inputs: WARC files (.warc, .warc.gz), HTML files, or text files of page URLs "
-        "(.txt, one per line), as local paths, file:// or s3:// URIs.",
+        "(.txt, one per line), as local paths, file:// or s3:// URIs; a folder or a glob "
+        "(s3://bucket/warc/2026-*/*.warc.gz, ** across folders) stands for the files it holds when the run plans.",
     )
     crawl: CrawlConfig = Field(default_factory=CrawlConfig, description="Fetching and storing images.")
     safety: SafetyConfig = Field(default_factory=SafetyConfig, description="NSFW removal and face blurring.")

@@ -565,6 +565,33 @@ def list_files(uri: str, suffix: str = "") -> list[str]:
     return [join(uri, name) for name in sorted(names)]
 
 
+GLOB_CHARS = "*?["
+
+
+def is_glob(uri: str) -> bool:
+    return any(c in uri for c in GLOB_CHARS)
+
+
+def glob_files(pattern: str) -> list[str]:
+    """Sorted URIs of the files matching ``pattern`` (``*``, ``?``, ``[...]``; ``**`` spans folders),
+    in the pattern's own spelling (``s3://``, ``file://`` or a plain path). Hidden names are left out."""
+    fs, path = open_fs(pattern)
+    scheme = scheme_of(pattern)
+    with guard(pattern, "listing"):
+        found = fs.glob(path, detail=True)
+    out = []
+    for name, entry in sorted(found.items()):
+        if entry.get("type") != "file" or _is_hidden(name.rstrip("/").rsplit("/", 1)[-1]):
+            continue
+        if scheme != "file":
+            out.append(f"{scheme}://{name}")
+        elif pattern.startswith("file://"):
+            out.append(f"file://{name}")
+        else:
+            out.append(name)
+    return out
+
+
 def walk_files(uri: str) -> dict[str, int]:
     """Every non-hidden file under ``uri`` (recursively), as relative path -> size in bytes."""
     fs, path = open_fs(uri)

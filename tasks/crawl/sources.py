@@ -9,7 +9,7 @@ from typing import Literal
 
 from tasks.crawl import reasons
 from tasks.crawl.warc import iter_warc_records
-from storage.uri import exists, list_files, open_input, read_bytes, scheme_of
+from storage.uri import exists, glob_files, is_glob, list_files, open_input, read_bytes, scheme_of
 
 InputKind = Literal["warc", "html", "urls"]
 _SUFFIXES: list[tuple[str, InputKind]] = [
@@ -39,9 +39,19 @@ def as_file_uri(uri: str) -> str:
 
 
 def expand_inputs(inputs: list[str]) -> list[tuple[str, InputKind]]:
-    """Each input file with its kind; a directory or prefix expands to the known files directly under it."""
+    """Each input file with its kind; a directory or prefix expands to the known files directly under it,
+    a glob (``s3://bucket/crawl/2026-*/*.warc.gz``, ``**`` across folders) to the known files it matches
+    now, so a scheduled refresh picks up new files by itself."""
     out: list[tuple[str, InputKind]] = []
     for uri in inputs:
+        if is_glob(uri):
+            matched = [(m, input_kind(m)) for m in glob_files(uri)]
+            known = [(m, k) for m, k in matched if k is not None]
+            if not known:
+                raise FileNotFoundError(f"crawl input pattern {uri!r} matches no .warc/.warc.gz, .html/.htm or "
+                                        f".txt/.urls file ({len(matched)} other files)")
+            out.extend(known)  # type: ignore[arg-type]
+            continue
         kind = input_kind(uri)
         if kind is not None:
             if not exists(uri):
@@ -56,7 +66,8 @@ def expand_inputs(inputs: list[str]) -> list[tuple[str, InputKind]]:
                 "nor a directory holding such files"
             )
         out.extend(known)  # type: ignore[arg-type]
-    return out
+    unique = dict.fromkeys(out)  # a file named twice (two patterns, a pattern and a path) is one input
+    return list(unique)
 
 
 def read_url_lines(uri: str) -> list[str]:
