@@ -93,6 +93,9 @@ def dino_head_from_state_dict(state_dict: dict[str, Any]) -> DINOHead:
     renames = {
         "last_layer.weight_g": "last_layer.parametrizations.weight.original0",
         "last_layer.weight_v": "last_layer.parametrizations.weight.original1",
+        # the official one-layer head is a bare Linear, not a Sequential of one
+        "mlp.weight": "mlp.0.weight",
+        "mlp.bias": "mlp.0.bias",
     }
     sd = {renames.get(k, k): v for k, v in sd.items()}
     linear = sorted(int(k.split(".")[1]) for k in sd if k.startswith("mlp.") and k.endswith(".weight"))

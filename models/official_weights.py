@@ -17,6 +17,7 @@ file can be loaded without knowing which model it holds.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -31,6 +32,7 @@ from models.presets import PRESETS
 from models.vit import VisionTransformer
 from lvd.errors import LvdError
 
+_log = logging.getLogger(__name__)
 _CONTAINER_KEYS = ("teacher", "model", "state_dict")
 _CHUNKED = re.compile(r"^blocks\.(\d+)\.(\d+)\.(.+)$")
 
@@ -172,6 +174,10 @@ def infer_vit_kwargs(state_dict: Mapping[str, Tensor]) -> tuple[dict[str, Any], 
     preset = next((n for n, p in PRESETS.items() if (p["embed_dim"], p["depth"]) == (dim, depth)), None)
     same_width = next((p["num_heads"] for p in PRESETS.values() if p["embed_dim"] == dim), None)
     kwargs["num_heads"] = PRESETS[preset]["num_heads"] if preset else same_width or max(dim // 64, 1)
+    if preset is None:  # the head count is in no tensor: say what was assumed, never guess silently
+        _log.warning("a %d-wide, %d-block backbone matches no preset: assuming %d attention heads (the weights do "
+                     "not record it; pass num_heads to vit_from_official_state_dict if it differs)",
+                     dim, depth, kwargs["num_heads"])
     return kwargs, preset
 
 
