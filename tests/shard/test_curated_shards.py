@@ -134,18 +134,29 @@ def test_shards_on_s3_read_with_plain_webdataset(retrieved, s3_root):
 
 
 def test_contact_sheets_from_stage_outputs(retrieved):
-    from PIL import Image
     import io
+
+    from PIL import Image, ImageDraw
+
+    from tasks.pictures import label_column_width
 
     from tasks.retrieve.report import cluster_contact_sheet, neighbour_contact_sheet
 
     pool, sets, retrieve = retrieved
     clusters = Image.open(io.BytesIO(cluster_contact_sheet(retrieve, pool.crawl_uri, n_clusters=3, per_cluster=5, seed=0)))
-    assert clusters.size == (120 + 5 * 68 + 4, 3 * 68 + 4)
+    # Three rows of five 64-px thumbnails (4-px gaps) after a label column sized to the labels (60-240 px).
+    label_width = clusters.size[0] - (5 * 68 + 4)
+    assert clusters.size[1] == 3 * 68 + 4 and 60 <= label_width <= 240
     neighbours = Image.open(io.BytesIO(neighbour_contact_sheet(retrieve, pool.crawl_uri, sets[0], n_queries=4, per_query=3)))
     # One row per query: the query itself, then up to three retrieved images.
-    assert neighbours.size[1] == 4 * 68 + 4 and neighbours.size[0] <= 120 + 4 * 68 + 4
-    assert np.asarray(neighbours.convert("L"))[4:68, 124:188].std() > 10  # the query thumbnail is a real image
+    selection = read_selection(retrieve).to_pylist()
+    qids = sorted({r["query_id"] for r in selection if r["query_dataset"] == sets[0].name and r["source"] == "pool"
+                   and r["query_id"]})[:4]
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = label_column_width(measure, [q.rsplit("/", 1)[-1] for q in qids])
+    assert neighbours.size[1] == 4 * 68 + 4 and neighbours.size[0] <= label_width + 4 * 68 + 4
+    x = label_width + 4
+    assert np.asarray(neighbours.convert("L"))[4:68, x:x + 64].std() > 10  # the query thumbnail is a real image
 
 
 def test_committed_shards_are_immutable_and_stale_parts_are_not_reused(retrieved, tmp_path):
