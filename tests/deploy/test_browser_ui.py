@@ -102,6 +102,11 @@ def test_custom_run_form_to_artifacts(stack, demo, demo_deployment, page):
     field_box(page, "Pages Per Part").wait_for()
     for title in section_titles():
         assert page.get_by_text(re.compile(rf"^{title}( \(Optional\))?$")).count() >= 1, title
+    # the form reads as a user thinks, whatever order PostgreSQL keeps the schema's keys in:
+    # where (storage), what (dataset, version), inputs, then the stages in pipeline order
+    tops = [field_box(page, label).bounding_box()["y"]
+            for label in ("Root", "Dataset", "Version", "Inputs", "Pages Per Part", "Hash Method")]
+    assert tops == sorted(tops), tops
     # values: the deployment's parameters and the schema's own defaults
     assert field_box(page, "Dataset").locator("textarea, input").first.input_value() == demo.cfg.dataset
     assert field_box(page, "Pages Per Part").locator("input").first.input_value() == str(demo.cfg.crawl.pages_per_part)
