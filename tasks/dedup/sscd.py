@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections import defaultdict
 from typing import Literal
 
@@ -56,6 +57,19 @@ def to_tensor(img: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     return (arr - mean) / std
 
 
+def traced_batch_size(module: torch.jit.ScriptModule) -> int | None:
+    """The batch size a traced module's code splits its input into (``split_with_sizes(x, [1, 1, ...])``), if any."""
+    for sub in module.modules():
+        try:
+            code = sub.code
+        except Exception:  # modules without TorchScript code of their own
+            continue
+        found = re.search(r"split_with_sizes\(\s*\w+\s*,\s*\[([\d,\s]+)\]\s*\)", code)
+        if found:
+            return sum(int(v) for v in found.group(1).split(",") if v.strip())
+    return None
+
+
 class SscdEmbedder:
     """Callable: list of PIL images -> ``(n, dim)`` float32 L2-normalised SSCD descriptors.
 
@@ -81,12 +95,60 @@ class SscdEmbedder:
         self.device = torch.device(device)
         self.checksum = hashlib.sha256(data).hexdigest()
         self.model_id = f"sscd:{uri.rstrip('/').rsplit('/', 1)[-1]}"
-        probe = self._forward(torch.zeros((1, 3, 288, 288)) if resize == "short288" else torch.zeros((1, 3, 320, 320)))
-        if probe.ndim != 2 or probe.shape[0] != 1:
-            raise CopyModelError(f"copy-detection model {uri} returns shape {tuple(probe.shape)} for one image; expected (1, dim)")
+        probe = self._probe()
         self.dim = int(probe.shape[1])
         if expected_dim is not None and self.dim != expected_dim:
             raise CopyModelError(f"copy-detection model {uri} returns {self.dim}-d descriptors, expected {expected_dim}")
+
+    def _probe(self) -> torch.Tensor:
+        """Run batches of one and of two dummy images; refuse a model that only works at one batch size.
+
+        The stage batches images by input size, so every batch size from 1 up occurs. A module made
+        with ``torch.jit.trace`` keeps the example's batch size wherever its code split or reshaped
+        the batch; it then fails (or returns the wrong number of rows) at any other size.
+        """
+        side = 288 if self.resize == "short288" else 320
+        traced = traced_batch_size(self.module)
+        results: dict[int, torch.Tensor | CopyModelError] = {}
+        for n in sorted({1, 2, traced or 1}):
+            try:
+                results[n] = self._forward(torch.zeros((n, 3, side, side)))
+            except CopyModelError as exc:
+                results[n] = exc
+        if all(isinstance(out, CopyModelError) for out in results.values()):
+            raise results[1]
+        one, two = results[1], results[2]
+        for n, out in results.items():
+            if isinstance(out, torch.Tensor) and out.ndim != 2:
+                raise CopyModelError(
+                    f"copy-detection model {self.uri} returns shape {tuple(out.shape)} for {n} image(s); expected ({n}, dim)"
+                )
+        if any(isinstance(out, CopyModelError) or out.shape[0] != n for n, out in results.items()):
+            raise CopyModelError(self._fixed_batch_message(results))
+        if one.shape[1] != two.shape[1] or not torch.allclose(
+            torch.nn.functional.normalize(two, dim=1), torch.nn.functional.normalize(one, dim=1).expand_as(two), atol=1e-3
+        ):
+            raise CopyModelError(
+                f"copy-detection model {self.uri} gives the same image different descriptors in batches of 1 and 2; "
+                "an image's descriptor must not depend on the rest of its batch (export the model in eval mode)"
+            )
+        return one
+
+    def _fixed_batch_message(self, results: dict) -> str:
+        def said(n: int) -> str:
+            out = results[n]
+            if isinstance(out, torch.Tensor):
+                return f"a batch of {n} gives {tuple(out.shape)}"
+            cause = str(out.__cause__ or out).strip().splitlines()
+            return f"a batch of {n} fails ({cause[-1][:200] if cause else type(out).__name__})"
+
+        traced = traced_batch_size(self.module)
+        at = f" (its graph splits its input into a batch of {traced})" if traced else ""
+        return (
+            f"copy-detection model {self.uri} only works at the batch size it was traced with{at}: "
+            f"{', '.join(said(n) for n in sorted(results))}. The stage sends batches of any size from 1 up; export the model with "
+            "torch.jit.script, or trace it with code that does not split or reshape by the batch size"
+        )
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         try:

@@ -24,6 +24,24 @@ class WrongShape(torch.nn.Module):
         return x.mean(dim=1)
 
 
+class PerImage(torch.nn.Module):
+    """Describes each image of the batch on its own: traced, the split keeps the example's batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.relu(self.conv(p)).mean(dim=(2, 3)) + 0.01 for p in torch.split(x, [1] * x.shape[0])])
+
+
+class FlattenByBatch(torch.nn.Module):
+    """Reshapes by the batch size: traced, the size is a constant and other batches come back with wrong rows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :, :4, :4].reshape(int(x.shape[0]), -1) + 0.01
+
+
 def _save(module, path):
     torch.manual_seed(0)
     torch.jit.script(module).save(str(path))
@@ -78,3 +96,23 @@ def test_model_is_read_from_s3(tmp_path, s3_root):
     emb = load_copy_embedder(DedupConfig(copy_model=uri))
     assert emb.dim == 16
     check_embedder(emb)
+
+
+def test_a_model_traced_at_one_batch_size_is_refused_with_the_cause(tmp_path):
+    torch.manual_seed(0)
+    traced = tmp_path / "traced4.torchscript.pt"
+    torch.jit.trace(PerImage().eval(), torch.zeros(4, 3, 64, 64)).save(str(traced))
+    with pytest.raises(CopyModelError) as err:
+        load_copy_embedder(DedupConfig(copy_model=str(traced)))
+    msg = str(err.value)
+    assert "only works at the batch size it was traced with" in msg and "a batch of 4" in msg
+    assert "split_with_sizes" in msg and "torch.jit.script" in msg
+    reshaped = tmp_path / "reshape.torchscript.pt"
+    torch.jit.trace(FlattenByBatch(), torch.zeros(4, 3, 64, 64)).save(str(reshaped))
+    with pytest.raises(CopyModelError, match=r"traced with: a batch of 1 gives \(4, 12\)"):
+        load_copy_embedder(DedupConfig(copy_model=str(reshaped)))
+    # The same module scripted (or traced where nothing depends on the batch size) loads and works.
+    scripted = _save(PerImage(), tmp_path / "scripted.torchscript.pt")
+    emb = load_copy_embedder(DedupConfig(copy_model=scripted))
+    check_embedder(emb)
+    assert emb.dim == 8
