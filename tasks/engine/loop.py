@@ -193,6 +193,7 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
         streams=cfg.data.streams,
         step=step,
         state=data_state,
+        order=cfg.data.order,
     )
     bench = build_knn_benchmark(cfg)
     knn_results: dict[int, dict[str, float]] = {

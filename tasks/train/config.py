@@ -185,6 +185,13 @@ class DataConfig(_Section):
         "it, not on the number of processes. A multiple of the world size that divides the global batch lets "
         "each process read only its own shards.",
     )
+    order: Literal["global", "shards"] = Field(
+        "global",
+        description="'global': an image folder or Fashion-MNIST is permuted as a whole every epoch (from the seed "
+        "and the epoch; only indices are held), so a folder stored class by class still gives mixed batches; "
+        "'shards': shards in a seeded order, then the samples within each shard (committed shards always read "
+        "this way; the earlier order of the other sources, 1,000-image chunks).",
+    )
     shuffle_buffer: int = Field(1000, ge=1, le=1_000_000, description="Samples held for shuffling within shards.")
 
 

@@ -2,7 +2,11 @@
 
 Every source is a list of *shards* (committed WebDataset tars of curate-lvd, chunks of an image
 folder, chunks of Fashion-MNIST). Each epoch permutes the shards and, within each shard, the
-samples, both from (seed, epoch, shard), so the order is a pure function of the seed. The order
+samples, both from (seed, epoch, shard), so the order is a pure function of the seed. A source
+that reads any one sample cheaply (an image folder, Fashion-MNIST: ``random_access``) can instead
+be read as one shard holding everything (``data.order='global'``), so every epoch is a
+permutation of the whole source: a folder stored class by class then still gives batches of
+every class. Only indices are permuted; the images are read when a batch needs them. The order
 is split over slots (the data streams of :mod:`tasks.train.global_batches`): shards are dealt round-robin to slots when
 there are enough of them, otherwise each slot takes every n-th sample of every shard.
 
@@ -37,6 +41,8 @@ class Source(abc.ABC):
     """A list of shards, each readable as a list of ``(key, PIL image)`` in file order."""
 
     name: str = "source"
+    random_access: bool = False  # read_sample(i) reads sample i of the whole source without its shard
+
 
     @abc.abstractmethod
     def shard_sizes(self) -> list[int]:
@@ -52,6 +58,10 @@ class Source(abc.ABC):
 
     def __len__(self) -> int:
         return sum(self.shard_sizes())
+
+    def read_sample(self, index: int) -> tuple[str, Any]:
+        """Raw sample ``index`` of the whole source (shards in order), for ``random_access`` sources."""
+        raise NotImplementedError(f"{type(self).__name__} reads whole shards only")
 
 
 class ShardsSource(Source):
@@ -94,6 +104,7 @@ class ImageFolderSource(Source):
     """Every image file below a local directory, in sorted order, chunked into virtual shards."""
 
     name = "image_folder"
+    random_access = True
 
     def __init__(self, root: str) -> None:
         from tasks.datasets.image_folder import list_images
@@ -108,6 +119,10 @@ class ImageFolderSource(Source):
         names = self.files[index * _CHUNK : (index + 1) * _CHUNK]
         return [(n, f"{self.root}/{n}") for n in names]
 
+    def read_sample(self, index: int) -> tuple[str, Any]:
+        name = self.files[index]
+        return name, f"{self.root}/{name}"
+
     def decode(self, raw: str) -> Image.Image:
         with Image.open(raw) as im:
             return im.convert("RGB")
@@ -117,6 +132,7 @@ class FashionMnistSource(Source):
     """The Fashion-MNIST train split (60k 28x28 grayscale), labels ignored."""
 
     name = "fashion_mnist"
+    random_access = True
 
     def __init__(self, split: str = "train", limit: int | None = None) -> None:
         from tasks.datasets import fashion_mnist
@@ -130,6 +146,9 @@ class FashionMnistSource(Source):
     def read_shard(self, index: int) -> list[tuple[str, Any]]:
         start = index * _CHUNK
         return [(str(start + i), img) for i, img in enumerate(self.images[start : start + _CHUNK])]
+
+    def read_sample(self, index: int) -> tuple[str, Any]:
+        return str(index), self.images[index]
 
     def decode(self, raw: np.ndarray) -> Image.Image:
         return Image.fromarray(raw, mode="L").convert("RGB")

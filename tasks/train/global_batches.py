@@ -18,6 +18,10 @@ S is a multiple of W each process reads only its own streams' shards, and where 
 DataLoader has as many workers as it has stream pieces each worker reads its own; other layouts
 give the same batches and read some shards more than once.
 
+With ``order='global'`` a ``random_access`` source is read as one shard holding all its samples,
+so each stream takes every S-th sample of one permutation of the whole source per epoch, and
+samples are read one by one (:class:`SampleReader`) instead of shard by shard.
+
 The data position is one integer per stream. The checkpoint stores it (it is the same on every
 process), so a run resumes, at any world size, with the batch that would have come next; a
 changed global batch (another number of processes at the same ``batch_size_per_rank``, or a new
@@ -164,6 +168,29 @@ class ShardCache:
         return shards[shard][index]
 
 
+class SampleReader:
+    """Samples of a ``random_access`` source read one at a time (its whole-source order has one shard)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+
+    def sample(self, stream: int, shard: int, index: int) -> tuple[str, Any]:
+        return self.source.read_sample(index)
+
+
+def reads_whole(source: Source, order: str) -> bool:
+    """Whether ``source`` is read in one permutation of all its samples (``order='global'``)."""
+    if order not in ("global", "shards"):
+        raise ValueError(f"unknown data order {order!r}: use 'global' or 'shards'")
+    return order == "global" and source.random_access
+
+
+def stream_index(source: Source, seed: int, streams: int, order: str) -> StreamIndex:
+    """Where each stream's samples lie in ``source`` read in ``order``."""
+    sizes = [len(source)] if reads_whole(source, order) else source.shard_sizes()
+    return StreamIndex(sizes, seed, streams)
+
+
 class GlobalBatchParts(IterableDataset):
     """Endless parts of one process's rows of the global batches.
 
@@ -181,23 +208,25 @@ class GlobalBatchParts(IterableDataset):
         schedule: StreamSchedule,
         groups: Sequence[tuple[int, int]],
         start_step: int,
+        order: str = "shards",
     ) -> None:
         super().__init__()
         self.source, self.transform, self.collate = source, transform, collate
         self.seed, self.schedule, self.groups, self.start_step = seed, schedule, list(groups), start_step
+        self.order = order
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, n_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        index = StreamIndex(self.source.shard_sizes(), self.seed, self.schedule.streams)
-        cache = ShardCache(self.source)
+        index = stream_index(self.source, self.seed, self.schedule.streams, self.order)
+        cache = SampleReader(self.source) if reads_whole(self.source, self.order) else ShardCache(self.source)
         t = worker
         while True:
             step, group = self.start_step + t // len(self.groups), t % len(self.groups)
             yield self.part(index, cache, step, group)
             t += n_workers
 
-    def part(self, index: StreamIndex, cache: ShardCache, step: int, group: int) -> dict[str, Any]:
+    def part(self, index: StreamIndex, cache: ShardCache | SampleReader, step: int, group: int) -> dict[str, Any]:
         samples, rows = [], []
         for piece in self.schedule.pieces(step, *self.groups[group]):
             for i in range(piece.n):
@@ -231,7 +260,8 @@ class GlobalBatchLoader:
     ``batch_size`` is per process (the global batch is ``batch_size * world_size``). ``state`` is
     a :meth:`state_dict` saved at ``step`` (by any number of processes); without one the streams
     are taken to have run at this global batch since step 0. The rows are read in up to
-    ``num_workers`` groups, one per DataLoader worker.
+    ``num_workers`` groups, one per DataLoader worker. ``order`` is ``data.order`` ('global' reads a
+    random-access source as one permutation of all its samples per epoch, 'shards' shard by shard).
     """
 
     def __init__(
@@ -248,7 +278,9 @@ class GlobalBatchLoader:
         streams: int = 8,
         step: int = 0,
         state: dict | None = None,
+        order: str = "shards",
     ) -> None:
+        reads_whole(source, order)  # an unknown order is refused here, before any worker starts
         positions = None
         if state is not None:
             if state.get("streams") != streams:
@@ -263,13 +295,13 @@ class GlobalBatchLoader:
         origin = step if positions is not None else 0
         self.schedule = StreamSchedule(batch_size * world_size, streams, origin, positions)
         self._args = dict(source=source, seed=seed, rank=rank, world_size=world_size, num_workers=num_workers,
-                          streams=streams)
+                          streams=streams, order=order)
         self.collate, self.step = collate, step
         n_groups = max(1, min(num_workers, batch_size))
         bounds = [rank * batch_size + (batch_size * i) // n_groups for i in range(n_groups + 1)]
         self.n_groups = n_groups
         dataset = GlobalBatchParts(
-            source, transform, collate, seed, self.schedule, list(zip(bounds[:-1], bounds[1:])), step
+            source, transform, collate, seed, self.schedule, list(zip(bounds[:-1], bounds[1:])), step, order
         )
         self.loader = batch_loader(dataset, num_workers, seed, rank)
         self._iter: Iterator | None = None

@@ -15,7 +15,8 @@ def tiny_config(**over) -> TrainConfig:
         optim=dict(batch_size_per_rank=8, total_steps=6, base_lr=1e-3, lr_scaling="none", decay_tokens=False),
         checkpoint=dict(every_steps=2, keep=2),
         eval=dict(knn_dataset="none"),
-        data=dict(source="fashion-mnist", num_workers=0),
+        # the earlier data order (1,000-image chunks): pinned runs keep their batches
+        data=dict(source="fashion-mnist", num_workers=0, order="shards"),
         cpu_threads=1,
     )
     for key, value in over.items():

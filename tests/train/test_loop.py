@@ -16,8 +16,9 @@ def _losses(run_dir):
     return {r["step"]: (r["total_loss"], r["dino_loss"], r["ibot_loss"], r["koleo_loss"]) for r in rows if r.get("total_loss") is not None}
 
 
-def test_killed_run_resumes_step_for_step(tmp_path):
-    cfg = tiny_config()
+@pytest.mark.parametrize("order", ["shards", "global"])
+def test_killed_run_resumes_step_for_step(tmp_path, order):
+    cfg = tiny_config(data=dict(order=order))
     full = tmp_path / "full"
     train(cfg, f"file://{full}", log=lambda m: None)
     killed = tmp_path / "killed"
