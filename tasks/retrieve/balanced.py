@@ -1,20 +1,23 @@
 """Query-free curation: hierarchical k-means with resampling, then balanced sampling over the tree.
 
-Level 1 clusters the pool; level t clusters the centroids of level t-1. Resampling steps re-fit
-a level on the points nearest each centroid, pulling centroids towards a uniform spread over
-the data instead of following its density. Sampling walks the tree top-down and water-fills the
-target across children (every child gets the same share unless it is smaller), so rare
-concepts keep their images and dominant ones are thinned (Vo et al. 2024).
+Level 1 clusters the pool; level t clusters the centroids of level t-1. A resampling step re-fits
+a level on the points nearest each of its centroids, which pulls the centroids towards a uniform
+spread over the data instead of following its density. Sampling walks the tree top-down and
+water-fills the target across children (every child gets the same share unless it is smaller), so
+rare concepts keep their images and dominant ones are thinned (Vo et al. 2024). The defaults are
+those of Meta's ssl-data-curation (see ``BalancedConfig``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from tasks.retrieve.config import BalancedConfig
-from tasks.retrieve.kmeans import KMeansError, assign, spherical_kmeans
+from tasks.retrieve.kmeans import KMeansError, gpu_available, normalise_rows
 
 
 @dataclass
@@ -23,44 +26,129 @@ class Hierarchy:
 
     centroids: list[np.ndarray]
     labels: list[np.ndarray]
-    similarities: np.ndarray  # pool row -> similarity to its level-1 centroid
+    similarities: np.ndarray  # pool row -> cosine similarity to its level-1 centroid
 
 
-def _resample(points: np.ndarray, centroids: np.ndarray, size: int, steps: int, n_iter: int, seed: int,
+def _sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared L2 distances (n, m), clamped at 0 against rounding."""
+    d = (x * x).sum(1)[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]
+    return np.maximum(d, 0.0, out=d)
+
+
+def kmeans_plusplus(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Greedy k-means++ seeding: each new centre is the best of 2 + ln k candidates drawn in
+    proportion to the squared distance to the nearest centre so far (Arthur & Vassilvitskii)."""
+    n = x.shape[0]
+    trials = 2 + int(math.log(k))
+    centres = np.empty((k, x.shape[1]), np.float32)
+    centres[0] = x[rng.integers(n)]
+    closest = _sq_dist(x, centres[:1])[:, 0]
+    for i in range(1, k):
+        total = closest.sum()
+        if total <= 0:  # fewer distinct points than centres: the rest repeat points at random
+            centres[i:] = x[rng.choice(n, k - i)]
+            break
+        picks = np.minimum(np.searchsorted(np.cumsum(closest), rng.uniform(size=trials) * total), n - 1)
+        cand = np.minimum(_sq_dist(x, x[picks]), closest[:, None])
+        best = int(np.argmin(cand.sum(0)))
+        centres[i], closest = x[picks[best]], cand[:, best]
+    return centres
+
+
+def fit(x: np.ndarray, k: int, cfg: BalancedConfig, seed: int, use_gpu: bool,
+        init_centroids: np.ndarray | None = None) -> np.ndarray:
+    """``k`` centroids of ``x`` by Lloyd's algorithm, seeded as ``cfg.init`` says (or from ``init_centroids``)."""
+    x = np.ascontiguousarray(x, np.float32)
+    if k > x.shape[0]:
+        raise KMeansError(f"k={k} clusters is larger than the {x.shape[0]} vectors to cluster")
+    if k == 1:
+        c = x.mean(0, keepdims=True)
+        return normalise_rows(c) if cfg.distance == "cosine" else c
+    rng = np.random.default_rng(seed)
+    if init_centroids is None and cfg.init == "kmeans++":
+        init_centroids = kmeans_plusplus(x, k, rng)
+    km = faiss.Kmeans(x.shape[1], k, niter=cfg.n_iter, spherical=cfg.distance == "cosine", seed=int(seed) % (2**31),
+                      gpu=bool(use_gpu and gpu_available()), verbose=False,
+                      max_points_per_centroid=max(1, math.ceil(x.shape[0] / k) + 1), min_points_per_centroid=1)
+    km.train(x, init_centroids=None if init_centroids is None else np.ascontiguousarray(init_centroids, np.float32))
+    return normalise_rows(km.centroids) if cfg.distance == "cosine" else np.array(km.centroids, np.float32)
+
+
+def nearest(x: np.ndarray, centroids: np.ndarray, distance: str, batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row and its closeness (cosine, or minus the squared L2 distance)."""
+    index = faiss.IndexFlatIP(centroids.shape[1]) if distance == "cosine" else faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, np.float32))
+    labels, close = np.empty(x.shape[0], np.int64), np.empty(x.shape[0], np.float32)
+    for start in range(0, x.shape[0], batch):
+        d, i = index.search(np.ascontiguousarray(x[start:start + batch], np.float32), 1)
+        labels[start:start + batch] = i[:, 0]
+        close[start:start + batch] = d[:, 0] if distance == "cosine" else -d[:, 0]
+    return labels, close
+
+
+def cosine_to_centroid(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, batch: int = 65_536) -> np.ndarray:
+    """Cosine similarity of every row to its own centroid. For unit rows it orders a cluster's members
+    exactly as the L2 distance to the cluster's mean does, and it is what the selection records."""
+    unit = normalise_rows(centroids)
+    out = np.empty(x.shape[0], np.float32)
+    for start in range(0, x.shape[0], batch):
+        rows = normalise_rows(x[start:start + batch])
+        out[start:start + batch] = np.einsum("nd,nd->n", rows, unit[labels[start:start + batch]])
+    return out
+
+
+def closest_per_cluster(labels: np.ndarray, closeness: np.ndarray, size: int) -> np.ndarray:
+    """Rows among the ``size`` closest to their own centroid, cluster by cluster (sorted)."""
+    order = np.lexsort((-closeness, labels))
+    starts = np.searchsorted(labels[order], labels[order], side="left")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - starts
+    return np.flatnonzero(rank < size)
+
+
+def _resample(points: np.ndarray, centroids: np.ndarray, size: int, steps: int, cfg: BalancedConfig, seed: int,
               use_gpu: bool) -> np.ndarray:
     k = centroids.shape[0]
     for step in range(steps):
-        labels, sims = assign(points, centroids)
-        order = np.lexsort((-sims, labels))
-        rank = np.empty(len(order), np.int64)
-        starts = np.searchsorted(labels[order], labels[order], side="left")
-        rank[order] = np.arange(len(order)) - starts
-        chosen = np.flatnonzero(rank < size)
+        labels, close = nearest(points, centroids, cfg.distance)
+        chosen = closest_per_cluster(labels, close, size)
         if len(chosen) < k:
             break
-        centroids = spherical_kmeans(points[chosen], k, n_iter=n_iter, seed=seed + step + 1, use_gpu=use_gpu,
-                                     init_centroids=centroids)
+        centroids = fit(points[chosen], k, cfg, seed + step + 1, use_gpu,
+                        init_centroids=centroids if cfg.refit == "previous" else None)
     return centroids
 
 
-def hierarchical_kmeans(x: np.ndarray, cfg: BalancedConfig, n_iter: int = 20, use_gpu: bool = True) -> Hierarchy:
+def _split(points: np.ndarray, coarse: np.ndarray, cfg: BalancedConfig, seed: int, use_gpu: bool) -> np.ndarray:
+    """Every coarse cluster split into ``cfg.split`` clusters (fewer where it holds fewer points)."""
+    labels, _ = nearest(points, coarse, cfg.distance)
+    parts = [fit(points[labels == c], min(cfg.split, int((labels == c).sum())), cfg, seed + 1 + int(c), use_gpu)
+             for c in np.unique(labels)]
+    return np.concatenate(parts)
+
+
+def hierarchical_kmeans(x: np.ndarray, cfg: BalancedConfig, use_gpu: bool = True) -> Hierarchy:
     """Cluster ``x`` level by level as ``cfg.levels`` says (finest first)."""
     if cfg.levels[0] > x.shape[0]:
         raise KMeansError(f"balanced.levels[0]={cfg.levels[0]} clusters is larger than the pool ({x.shape[0]} vectors)")
-    for lower, upper in zip(cfg.levels, cfg.levels[1:]):
-        if upper > lower:
-            raise KMeansError(f"balanced.levels must not grow upwards: {cfg.levels}")
     points = np.ascontiguousarray(x, np.float32)
+    steps, sizes = cfg.per_level("resampling_steps"), cfg.per_level("resample_size")
     centroids_per_level, labels_per_level = [], []
     pool_sims = None
     for level, k in enumerate(cfg.levels):
         seed = cfg.seed + 1000 * level
-        centroids = spherical_kmeans(points, k, n_iter=n_iter, seed=seed, use_gpu=use_gpu)
-        if level > 0 and cfg.resampling_steps:
-            centroids = _resample(points, centroids, cfg.resample_size, cfg.resampling_steps, n_iter, seed, use_gpu)
-        labels, sims = assign(points, centroids)
+        if level > 0 and k > points.shape[0]:
+            raise KMeansError(f"balanced.levels[{level}]={k} is larger than the {points.shape[0]} clusters below it")
+        centroids = fit(points, k, cfg, seed, use_gpu)
+        if level == 0 and cfg.split > 1:
+            centroids = _split(points, centroids, cfg, seed, use_gpu)
+        else:
+            size = sizes[level] if sizes[level] is not None else points.shape[0] // (2 * k)
+            if steps[level] and size > 1:
+                centroids = _resample(points, centroids, size, steps[level], cfg, seed, use_gpu)
+        labels, _ = nearest(points, centroids, cfg.distance)
         if level == 0:
-            pool_sims = sims
+            pool_sims = cosine_to_centroid(points, centroids, labels)
         centroids_per_level.append(centroids)
         labels_per_level.append(labels)
         points = centroids

@@ -50,16 +50,44 @@ class IndexConfig(BaseModel):
 
 
 class BalancedConfig(BaseModel):
-    """Hierarchical k-means plus balanced sampling (Vo et al. 2024), the query-free strategy."""
+    """Hierarchical k-means plus balanced sampling (Vo et al. 2024), the query-free strategy.
+
+    The defaults follow Meta's ssl-data-curation: L2 k-means with k-means++ seeding and 50
+    iterations, 10 resampling steps on every level that is not split, each re-fitting the level
+    from scratch on about half of each cluster's points nearest its centroid, and picking the
+    images closest to their leaf centroid. The alternatives stay as options."""
 
     model_config = ConfigDict(extra="forbid")
 
     levels: list[int] = Field([1000, 100], min_length=1, max_length=6, description="Clusters per level, finest first; level t clusters the centroids of level t-1.")
-    resampling_steps: int = Field(0, ge=0, le=50, description="Resampling-clustering steps per level above the first.")
-    resample_size: int = Field(4, ge=1, description="Points nearest each centroid that re-train it in a resampling step.")
+    split: int = Field(1, ge=1, le=10_000, description="Split every first-level cluster into this many by k-means on its members, so level 1 ends with levels[0] x split clusters (ssl-data-curation's 4-level web config: 100,000 x 100). A split level is not resampled.")
+    resampling_steps: int | list[int] = Field(10, description="Resampling steps per level (one value for every level, or one per level); a split first level takes none.")
+    resample_size: int | list[int] | None = Field(None, description="Points nearest each centroid that re-fit it in a resampling step (one value, or one per level); None: half the level's mean cluster size. A level with 1 or less is not resampled.")
+    init: Literal["kmeans++", "random"] = Field("kmeans++", description="Centroid seeding: k-means++ (greedy, 2 + ln k trials) or random points (faiss's; cheaper at very large k).")
+    distance: Literal["l2", "cosine"] = Field("l2", description="Lloyd's distance: squared L2 with mean centroids (the official code), or cosine with unit centroids.")
+    refit: Literal["fresh", "previous"] = Field("fresh", description="A resampling step seeds its k-means anew (official) or starts from the previous centroids.")
+    n_iter: int = Field(50, ge=1, le=1000, description="Lloyd iterations of every k-means run.")
     target_size: int = Field(1_000_000, ge=1, description="Images to select.")
-    pick: Literal["random", "closest"] = Field("random", description="Within a leaf cluster: random images, or the ones closest to its centroid.")
-    seed: int = Field(0, ge=0, description="Seed for sampling.")
+    pick: Literal["random", "closest"] = Field("closest", description="Within a leaf cluster: the images closest to its centroid (official), or random ones.")
+    seed: int = Field(0, ge=0, description="Seed for seeding, resampling and sampling.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "BalancedConfig":
+        for name in ("resampling_steps", "resample_size"):
+            value = getattr(self, name)
+            if isinstance(value, list) and len(value) != len(self.levels):
+                raise ValueError(f"{name}: {len(value)} values for {len(self.levels)} levels")
+            if any(v < 0 for v in (value if isinstance(value, list) else [value or 0])):
+                raise ValueError(f"{name} must not be negative: {value}")
+        sizes = [self.levels[0] * self.split] + self.levels[1:]
+        if any(upper > lower for lower, upper in zip(sizes, sizes[1:])):
+            raise ValueError(f"levels must not grow upwards: {sizes} clusters per level (after the split)")
+        return self
+
+    def per_level(self, name: str) -> list:
+        """``resampling_steps`` or ``resample_size`` as one value per level."""
+        value = getattr(self, name)
+        return list(value) if isinstance(value, list) else [value] * len(self.levels)
 
 
 class RetrieveConfig(BaseModel):

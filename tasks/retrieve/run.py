@@ -92,7 +92,7 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig, prev
     begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg)
     start = time.perf_counter()
     if cfg.strategy == "hierarchical_balanced":
-        hierarchy = hierarchical_kmeans(pool.vectors, cfg.balanced, cfg.kmeans.n_iter, cfg.kmeans.use_gpu)
+        hierarchy = hierarchical_kmeans(pool.vectors, cfg.balanced, cfg.kmeans.use_gpu)
         centroids, labels, pool_sims = hierarchy.centroids[0], hierarchy.labels[0], hierarchy.similarities
         rows = balanced_sample(hierarchy, cfg.balanced)
         balanced = Picks("", "balanced", rows, np.full(len(rows), -1, np.int64), pool_sims[rows])

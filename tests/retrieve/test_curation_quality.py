@@ -113,8 +113,9 @@ def test_hierarchical_balanced_strategy_spreads_over_sources(curated):
     rows = read_selection(str(root / "r-bal")).to_pylist()
     domains = Counter(pool.domain[r["key"]] for r in rows)
     assert len(rows) == 500 and commit["counts"]["clusters"] == 100
-    # The pool is 50% Fashion-MNIST; balanced sampling thins the dominant concept.
-    assert domains["fmnist"] / 500 < 0.45 and domains["digits"] > 50 and domains["photo"] > 50
+    # The pool is 50% Fashion-MNIST; balanced sampling thins the dominant concept. The varied photo
+    # crops spread over more clusters than the compact 8x8 digits, so they keep the larger share.
+    assert domains["fmnist"] / 500 < 0.45 and domains["digits"] > 25 and domains["photo"] > 100
     assert read_commit(str(root / "r-bal"))["extra"]["strategy"] == "hierarchical_balanced"
 
 

@@ -104,8 +104,8 @@ def test_balanced_sampling_equalises_clusters_of_very_different_sizes():
 def test_hierarchical_kmeans_levels_and_resampling():
     rng = np.random.default_rng(3)
     x = normalise_rows(rng.standard_normal((600, 12)))
-    cfg = BalancedConfig(levels=[40, 8, 2], resampling_steps=2, resample_size=3, target_size=100)
-    h = hierarchical_kmeans(x, cfg, n_iter=10)
+    cfg = BalancedConfig(levels=[40, 8, 2], resampling_steps=2, resample_size=3, target_size=100, n_iter=10)
+    h = hierarchical_kmeans(x, cfg)
     assert [c.shape[0] for c in h.centroids] == [40, 8, 2]
     assert [len(lab) for lab in h.labels] == [600, 40, 8]
     rows = balanced_sample(h, cfg)
@@ -128,3 +128,68 @@ def test_retrieve_config_validation():
         QuerySetConfig(name="a", uri="x", rule="nearest")
     with pytest.raises(ValidationError):
         RetrieveConfig(unknown=1)
+
+
+def _potential(x, centres):
+    from tasks.retrieve.balanced import _sq_dist
+
+    return float(_sq_dist(x, centres).min(1).sum())
+
+
+def test_kmeans_plusplus_seeds_as_well_as_scikit_learns():
+    from sklearn.cluster import kmeans_plusplus as sk_plusplus
+
+    from tasks.retrieve.balanced import kmeans_plusplus
+
+    rng = np.random.default_rng(0)
+    blobs = rng.standard_normal((30, 8)) * 10
+    x = (blobs[rng.integers(30, size=3000)] + rng.standard_normal((3000, 8))).astype(np.float32)
+    ours = [_potential(x, kmeans_plusplus(x, 30, np.random.default_rng(s))) for s in range(6)]
+    theirs = [_potential(x, sk_plusplus(x, 30, random_state=s)[0]) for s in range(6)]
+    rand = [_potential(x, x[np.random.default_rng(s).choice(3000, 30, replace=False)]) for s in range(6)]
+    # The same greedy D^2 seeding: potentials agree on average, and are far below random seeding's.
+    assert abs(np.mean(ours) / np.mean(theirs) - 1) < 0.15
+    assert np.mean(ours) < 0.5 * np.mean(rand)
+    centres = kmeans_plusplus(x, 30, np.random.default_rng(0))
+    assert all((x == c).all(1).any() for c in centres)  # seeds are data points
+    assert len(np.unique(centres, axis=0)) == 30
+
+
+def _long_tail(rng, n_concepts=40, dim=16, largest=4000):
+    """Concepts with Zipf sizes (largest, largest/2, largest/3, ...) around random unit directions."""
+    sizes = np.maximum(largest // np.arange(1, n_concepts + 1), 5)
+    centres = normalise_rows(rng.standard_normal((n_concepts, dim)))
+    concept = np.repeat(np.arange(n_concepts), sizes)
+    x = normalise_rows(centres[concept] + 0.25 * rng.standard_normal((len(concept), dim)) / np.sqrt(dim))
+    return x, concept
+
+
+def test_resampling_moves_centroids_from_the_dense_concepts_to_the_rare_ones():
+    x, concept = _long_tail(np.random.default_rng(1))
+    share = {}
+    for steps in (0, 10):
+        cfg = BalancedConfig(levels=[80], resampling_steps=steps, target_size=10, n_iter=20)
+        h = hierarchical_kmeans(x, cfg, use_gpu=False)
+        # Which concept each centroid sits in: the majority concept of its members.
+        owner = [np.bincount(concept[h.labels[0] == c], minlength=40).argmax() for c in range(80)
+                 if (h.labels[0] == c).any()]
+        share[steps] = np.mean(np.isin(owner, [0, 1]))  # centroids spent on the two largest concepts
+    assert share[10] < 0.8 * share[0], share
+
+
+def test_first_level_split_and_per_level_settings():
+    from pydantic import ValidationError
+
+    rng = np.random.default_rng(2)
+    x = normalise_rows(rng.standard_normal((500, 8)))
+    cfg = BalancedConfig(levels=[5, 12], split=4, resampling_steps=[0, 3], resample_size=[3, 2], target_size=50,
+                         n_iter=5)
+    h = hierarchical_kmeans(x, cfg, use_gpu=False)
+    assert [c.shape[0] for c in h.centroids] == [20, 12] and h.labels[0].max() < 20
+    assert np.all(np.abs(h.similarities) <= 1 + 1e-5)
+    assert len(balanced_sample(h, cfg)) == 50
+    with pytest.raises(ValidationError, match="3 values for 2 levels"):
+        BalancedConfig(levels=[5, 2], resampling_steps=[1, 2, 3])
+    with pytest.raises(ValidationError, match="grow upwards"):
+        BalancedConfig(levels=[5, 30], split=4)
+    BalancedConfig(levels=[5, 20], split=4)
