@@ -58,8 +58,9 @@ def lvd_pipeline(cfg: PipelineConfig, overrides: list[str] = []) -> dict:
     result: dict = {"dataset": cfg.dataset}
     if curate_cfg.embed.backbone == BOOTSTRAP:
         backbone = bootstrap_embedder(cfg, storage.root)
+        # The bootstrap model is the preset's training architecture, not the embed.arch a file would be held to.
         curate_cfg = curate_cfg.model_copy(
-            update={"embed": curate_cfg.embed.model_copy(update={"backbone": backbone})})
+            update={"embed": curate_cfg.embed.model_copy(update={"backbone": backbone, "arch": None})})
         result["bootstrap_backbone"] = backbone
     curated = curate_lvd(curate_cfg)
     result["curate"] = curated

@@ -55,3 +55,34 @@ def vit_kwargs(name: str, **overrides: Any) -> dict[str, Any]:
 def build_vit(name: str, **overrides: Any) -> VisionTransformer:
     """Build preset `name` ("vit_small", "vitg14", ...), overriding any constructor argument."""
     return VisionTransformer(**vit_kwargs(name, **overrides))
+
+
+def _last_linear(module: Any) -> Any:
+    from torch import nn
+
+    return [m for m in module.modules() if isinstance(m, nn.Linear)][-1]
+
+
+def _shape(model: Any) -> dict[str, Any]:
+    mlp = model.blocks[0].mlp if len(model.blocks) else None
+    return {
+        "width": int(model.embed_dim),
+        "depth": len(model.blocks),
+        "heads": int(model.num_heads),
+        "patch": int(model.patch_size[0] if isinstance(model.patch_size, (tuple, list)) else model.patch_size),
+        # the MLP's kind and hidden width: the input width of its last projection
+        "mlp": None if mlp is None else f"{type(mlp).__name__} {_last_linear(mlp).in_features}",
+    }
+
+
+def preset_mismatches(model: VisionTransformer, name: str) -> list[str]:
+    """How a built backbone differs from preset `name` (width, depth, heads, patch size, MLP kind and
+    size); empty when it is that architecture. Registers and resolution are not compared."""
+    import torch
+
+    kwargs = vit_kwargs(name)
+    with torch.device("meta"):  # one block of the reference is enough: every block has the same shape
+        reference = _shape(VisionTransformer(**{**kwargs, "depth": 1}))
+    reference["depth"] = kwargs["depth"]
+    got = _shape(model)
+    return [f"{key} {got[key]} (preset {name}: {reference[key]})" for key in reference if got[key] != reference[key]]

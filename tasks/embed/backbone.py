@@ -260,8 +260,9 @@ def _vit_forward_dict(out: dict) -> torch.Tensor:
 
 
 def embedder_from_config(cfg) -> Embedder:
-    """The embedder an :class:`~tasks.embed.config.EmbedConfig` describes."""
-    return load_embedder(
+    """The embedder an :class:`~tasks.embed.config.EmbedConfig` describes (its backbone checked against
+    `cfg.arch` when one is named)."""
+    embedder = load_embedder(
         cfg.backbone,
         cfg.device,
         features=cfg.features,
@@ -269,6 +270,25 @@ def embedder_from_config(cfg) -> Embedder:
         resize_ratio=cfg.resize_ratio,
         autocast_bf16=cfg.autocast_bf16,
     )
+    if cfg.arch is not None:
+        check_arch(embedder, cfg.arch, cfg.backbone)
+    return embedder
+
+
+def check_arch(embedder: Embedder, arch: str, backbone: str) -> None:
+    """Refuse an embedder whose backbone is not the ViT preset `arch`, naming every difference."""
+    from models.presets import preset_mismatches
+    from models.vit import VisionTransformer
+    from tasks.release.load import CheckpointMismatch
+
+    if not isinstance(embedder.module, VisionTransformer):
+        raise CheckpointMismatch(f"embed.arch={arch} names a ViT architecture, but embed.backbone {backbone} is "
+                                 f"a {embedder.model_id.split(':')[0]} model, whose architecture cannot be checked: "
+                                 "set embed.arch to null for it")
+    diffs = preset_mismatches(embedder.module, arch)
+    if diffs:
+        raise CheckpointMismatch(f"embed.backbone {backbone} is not the embed.arch={arch} architecture: "
+                                 + "; ".join(diffs))
 
 
 def embed_arrays(embedder: Embedder, tensors: list[torch.Tensor], batch_size: int = 64) -> np.ndarray:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class EmbedConfig(BaseModel):
@@ -19,6 +19,14 @@ class EmbedConfig(BaseModel):
             "Backbone URI or spec: a project checkpoint, an official DINOv2 state-dict file or a "
             "TorchScript file (local path, file:// or s3://), 'random:<preset>[@seed]' for a "
             "random-init ViT, or 'pixels:<size>' for the normalised-pixel descriptor."
+        ),
+    )
+    arch: str | None = Field(
+        None,
+        description=(
+            "The ViT architecture the backbone must be (a models preset: 'vith16' for the paper's ViT-H/16, "
+            "'vitl14', ...): a file of any other width, depth, head count, patch size or MLP is refused "
+            "before any image is embedded. None: whatever the file holds."
         ),
     )
     features: Literal["cls", "cls+avgpool"] = Field(
@@ -41,3 +49,13 @@ class EmbedConfig(BaseModel):
     num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes that decode JPEGs (0: in-process).")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the backbone runs; auto picks cuda when present.")
     autocast_bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU, where fp32 keeps results exact).")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str | None) -> str | None:
+        if value is not None:
+            from models.presets import ALIASES, PRESETS
+
+            if value not in PRESETS and value not in ALIASES:
+                raise ValueError(f"unknown ViT preset {value!r}; known: {', '.join(sorted(PRESETS) + sorted(ALIASES))}")
+        return value
