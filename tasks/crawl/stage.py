@@ -301,9 +301,9 @@ class _PartRun:
                 self.duplicate_refs += 1
                 continue
             self.seen_pages.add(url)
-            reason = self.policy.check(url)
-            if reason is not None:
-                self.add_page_row(url[: self.cfg.max_url_length], source, reasons.STATUS_REJECTED, reason)
+            refused = self.policy.refusal(url)
+            if refused is not None:  # the detail names the unsafe list and category, as for images
+                self.add_page_row(url[: self.cfg.max_url_length], source, reasons.STATUS_REJECTED, *refused)
                 continue
             urls.append(url)
 

@@ -109,3 +109,43 @@ def test_refusals_reach_the_crawl_records_with_their_list(crawl_server, tmp_path
                    (reasons.STATUS_REJECTED, reasons.UNSAFE_DOMAIN, "ut1:adult")]
     # The policy used for every request hop refuses the same way.
     assert UrlPolicy(cfg).refusal("http://cdn.bad-pics.example/a.jpg") == (reasons.UNSAFE_DOMAIN, "ut1:adult")
+
+
+def test_a_crawl_of_pages_on_the_loopback_web_refuses_listed_pages_and_images(crawl_server, crawl_web, tmp_path,
+                                                                             isolated_cache):
+    """URL-list input fetched over HTTP: a page on a listed domain is refused before any request, with its
+    list and category; a fetched page's images on listed domains or with banned words are refused the same
+    way; its other images are crawled."""
+    from lvd.demo_web import SHOP
+
+    uri = _ut1_archive(tmp_path / "ut1.tar.gz", {"adult": {"domains": "bad-pics.example\n"},
+                                                 "phishing": {"domains": "login-bank.example\n"}})
+    good = next(u for u in crawl_web.good_images if u.startswith("http://cdn.example.com/img/") and u.endswith(".jpg"))
+    page = crawl_web.root / "sites" / SHOP / "p" / "unsafe-mix.html"
+    page.write_text(f'<img src="{good}"><img src="http://img.bad-pics.example/a.jpg">'
+                    '<img src="http://cdn.example.com/gallery/bdsm/b.jpg">'
+                    '<img src="http://cdn.login-bank.example/logo.png">')
+    urls = tmp_path / "pages.txt"
+    urls.write_text(f"http://{SHOP}/p/unsafe-mix.html\nhttp://www.bad-pics.example/gallery.html\n"
+                    "http://login-bank.example/index.html\n")
+    cfg = crawl_server.crawl_config(unsafe=UnsafeFilterConfig(enabled=True, builtin_lists=False, list_uris=[uri]))
+    stage = f"file://{tmp_path}/crawl"
+    parts = plan_crawl_parts([str(urls)], cfg)
+    for part in parts:
+        crawl_part(part, stage, cfg)
+    commit = finalize_crawl(stage, parts, cfg, "x")
+    rows = read_table(join(stage, "records.parquet")).to_pylist()
+    got = {(r["kind"], r["url"]): (r["status"], r["reason"], r["detail"]) for r in rows}
+    assert got[("page", "http://www.bad-pics.example/gallery.html")] == ("rejected", reasons.UNSAFE_DOMAIN, "ut1:adult")
+    assert got[("page", "http://login-bank.example/index.html")] == ("rejected", reasons.UNSAFE_DOMAIN, "ut1:phishing")
+    assert got[("page", f"http://{SHOP}/p/unsafe-mix.html")][:2] == ("ok", "")
+    assert got[("image", "http://img.bad-pics.example/a.jpg")] == ("rejected", reasons.UNSAFE_DOMAIN, "ut1:adult")
+    assert got[("image", "http://cdn.example.com/gallery/bdsm/b.jpg")] == ("rejected", reasons.BANNED_WORD,
+                                                                               "bdsm")
+    assert got[("image", "http://cdn.login-bank.example/logo.png")] == ("rejected", reasons.UNSAFE_DOMAIN,
+                                                                        "ut1:phishing")
+    assert got[("image", good)][0] == "ok"
+    # Refused URLs were never requested; the commit counts every refusal by reason.
+    requested = crawl_server.stats()["paths"]
+    assert not any("bad-pics" in p or "login-bank" in p or "bdsm" in p for p in requested)
+    assert commit["extra"]["reasons"][reasons.UNSAFE_DOMAIN] == 4
