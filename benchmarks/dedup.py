@@ -202,13 +202,22 @@ def bench_side_by_side(n, radius=8, baseline_pairs_n=2000):
 
 def bench_quality():
     items = planted_pool(seed=0)
+    kept: dict = {}
+    t = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         write_crawl_stage(os.path.join(d, "crawl"), items, shard_size=150)
-        res = evaluate_methods(os.path.join(d, "crawl"), d, items)
+        res = evaluate_methods(os.path.join(d, "crawl"), d, items, kept=kept)
+    sec = time.perf_counter() - t
     n_src = len({it.source for it in items})
     print(f"\n#### Precision / recall per edit type: {len(items)} images, {n_src} real photos, "
-          f"{sum(it.edit != 'original' for it in items)} planted copies\n")
+          f"{sum(it.edit != 'original' for it in items)} planted copies ({sec:.0f} s for {len(res)} stage runs)\n")
     print(metrics_markdown(res))
+    print("\n#### Originals kept: planted groups whose original (or its byte-identical copy) survives, "
+          "among groups where the original was grouped with a copy\n")
+    print("| method | groups | original kept | share | what was kept instead |\n|---|---:|---:|---:|---|")
+    for name, k in kept.items():
+        instead = ", ".join(f"{e} {c}" for e, c in sorted(k["survivors"].items(), key=lambda x: -x[1])) or "-"
+        print(f"| {name} | {k['groups']} | {k['kept']} | {k['share']:.2f} | {instead} |")
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ installed, the OpenCV sample photos (``opencv-doc``) and the MATE wallpapers
 (``mate-backgrounds``). Each source yields one "original" (JPEG bytes as a server would send them)
 and, for the sources chosen to carry copies, one copy per edit type. The copy edits are the
 DISC21 families, made with AugLy (offline, its own fonts and emoji): byte-identical copies,
-JPEG re-encoding, downscaling, crops, colour shifts, text and emoji overlays, padding, screenshot
+JPEG re-encoding, downscaling, crops, colour shifts, text and emoji overlays, padding (black, or white around a grey copy), screenshot
 framing and mirror flips. Sources without copies are the negatives: distinct photos that must not
 be grouped with anything.
 """
@@ -121,6 +121,7 @@ def _edits() -> dict[str, Callable[[Image.Image, bytes], bytes]]:
         "text": lambda img, orig: _jpeg(_caption(img, "COPYRIGHT lvd 2026")),
         "emoji": lambda img, orig: _jpeg(A.overlay_emoji(img, emoji_size=0.2, x_pos=0.6, y_pos=0.6)),
         "pad": lambda img, orig: _jpeg(A.pad(img, w_factor=0.1, h_factor=0.1, color=(0, 0, 0))),
+        "grey-pad": lambda img, orig: _jpeg(A.pad(A.grayscale(img), w_factor=0.15, h_factor=0.15, color=(255, 255, 255))),
         "screenshot": lambda img, orig: _jpeg(A.overlay_onto_screenshot(img)),
         "flip": lambda img, orig: _jpeg(img.transpose(Image.FLIP_LEFT_RIGHT)),
     }
@@ -138,7 +139,7 @@ def _caption(img: Image.Image, text: str) -> Image.Image:
     return out
 
 
-EDIT_TYPES = ("exact", "reencode", "resize", "crop", "colour", "text", "emoji", "pad", "screenshot", "flip")
+EDIT_TYPES = ("exact", "reencode", "resize", "crop", "colour", "text", "emoji", "pad", "grey-pad", "screenshot", "flip")
 
 
 def planted_pool(

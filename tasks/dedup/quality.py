@@ -79,6 +79,44 @@ def metrics_markdown(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(rows)
 
 
+def originals_kept(items: list[PlantedImage], labels: np.ndarray, kept: np.ndarray) -> dict:
+    """How often a planted group keeps its original: ``{groups, kept, share, survivors}``.
+
+    A group counts when the original's component holds at least one of its copies (a copy nobody
+    found leaves nothing to choose). It keeps its original when a surviving member of that component
+    is the original or its byte-identical copy; ``survivors`` counts the edit of every other choice.
+    """
+    labels, kept = np.asarray(labels), np.asarray(kept, dtype=bool)
+    if len(labels) != len(items) or len(kept) != len(items):
+        raise ValueError(f"{len(labels)} labels and {len(kept)} keep flags for {len(items)} images")
+    groups = hits = 0
+    survivors: dict[str, int] = defaultdict(int)
+    for i, it in enumerate(items):
+        if it.edit != "original":
+            continue
+        members = np.nonzero(labels == labels[i])[0]
+        if not any(items[j].source == it.source for j in members if j != i):
+            continue
+        groups += 1
+        alive = [j for j in members.tolist() if kept[j]]
+        if any(items[j].source == it.source and items[j].edit in ("original", "exact") for j in alive):
+            hits += 1
+        else:
+            for j in alive:
+                survivors[items[j].edit if items[j].source == it.source else "another photo"] += 1
+    return {"groups": groups, "kept": hits, "share": hits / groups if groups else 1.0, "survivors": dict(survivors)}
+
+
+def stage_kept(stage_uri: str, items: list[PlantedImage]) -> np.ndarray:
+    """Whether each planted item survived a committed dedup stage."""
+    from storage.tables import read_table
+    from storage.uri import join
+
+    keep = read_table(join(stage_uri, "keep.parquet"))
+    flag = dict(zip(keep.column("key").to_pylist(), keep.column("kept").to_pylist()))
+    return np.array([bool(flag[it.key]) for it in items])
+
+
 def stage_labels(stage_uri: str, items: list[PlantedImage]) -> np.ndarray:
     """Component label per planted item from a committed dedup stage (its group, else itself)."""
     from storage.tables import read_table
@@ -99,8 +137,11 @@ METHODS = {
 
 
 def evaluate_methods(crawl_stage_uri: str, work_uri: str, items: list[PlantedImage],
-                     methods: dict[str, dict] = METHODS) -> dict[str, dict[str, dict[str, float]]]:
-    """Run the dedup stage once per method on a planted crawl stage; metrics per method and edit."""
+                     methods: dict[str, dict] = METHODS, kept: dict | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """Run the dedup stage once per method on a planted crawl stage; metrics per method and edit.
+
+    With ``kept`` (a dict), each method's :func:`originals_kept` figures are stored in it by name.
+    """
     from storage.uri import join
     from tasks.dedup.config import DedupConfig
     from tasks.dedup.embedder import load_copy_embedder
@@ -111,5 +152,8 @@ def evaluate_methods(crawl_stage_uri: str, work_uri: str, items: list[PlantedIma
         cfg = DedupConfig(**overrides)
         stage = join(work_uri, f"dedup-{i}")
         run_dedup(crawl_stage_uri, stage, cfg, load_copy_embedder(cfg))
-        out[name] = pair_metrics(items, stage_labels(stage, items))
+        labels = stage_labels(stage, items)
+        out[name] = pair_metrics(items, labels)
+        if kept is not None:
+            kept[name] = originals_kept(items, labels, stage_kept(stage, items))
     return out
