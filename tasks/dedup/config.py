@@ -74,9 +74,13 @@ class DedupConfig(BaseModel):
         default_factory=list,
         description="Evaluation sets to decontaminate against: image folders or WebDataset .tar URIs (or folders of them).",
     )
-    keep: Literal["resolution", "bytes", "first"] = Field(
-        "resolution",
-        description="Which member of a duplicate group survives: the largest original, the most bytes, or the first seen.",
+    keep: Literal["original", "resolution", "bytes", "first"] = Field(
+        "original",
+        description=(
+            "Which member of a duplicate group survives: 'original' (the unedited image: the group's most "
+            "central members by similarity, then colour over grey, then the largest picture with uniform "
+            "borders not counted, then most bytes), the largest original, the most bytes, or the first seen."
+        ),
     )
     batch_size: int = Field(256, ge=1, le=65_536, description="Images per descriptor batch.")
     search_batch: int = Field(8_192, ge=64, le=1_000_000, description="Queries per k-NN / Hamming search batch.")

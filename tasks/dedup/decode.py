@@ -78,3 +78,16 @@ def trim_uniform_border(img: Image.Image, tol: int = 10, min_keep: float = 0.3) 
     if top == 0 and left == 0 and bottom == h and right == w:
         return img
     return img.crop((int(left), int(top), int(right), int(bottom)))
+
+
+# Mean spread between an image's largest and smallest channel (grey levels, on a 32x32 box
+# thumbnail) below which it counts as grey: JPEG chroma noise on a grey image stays near 1.
+GREY_SPREAD = 4.0
+
+
+def is_grey(img: Image.Image) -> bool:
+    """Whether ``img`` is a grey image stored as colour (or a true greyscale image)."""
+    if img.mode in ("L", "1", "I", "F", "LA"):
+        return True
+    small = np.asarray(img.convert("RGB").resize((32, 32), Image.BOX), dtype=np.int16)
+    return float((small.max(axis=2) - small.min(axis=2)).mean()) < GREY_SPREAD

@@ -1,7 +1,7 @@
 """Per-shard work of the dedup stage: decode each image once, hash it and describe it.
 
 For one crawl shard this writes, under ``{stage}/parts/{shard name}/``: ``meta.parquet`` (key,
-sha256 of the original bytes, sizes, decode error), ``codes.npy`` (packed perceptual-hash codes,
+sha256 of the original bytes, sizes, decode error, the share left after border trimming, grey or not), ``codes.npy`` (packed perceptual-hash codes,
 uint8) and ``desc.npy`` (copy-detection descriptors, float16), then marks the part done. Images
 are decoded and described ``batch_size`` at a time, so memory is one batch of decoded images plus
 the shard's codes and descriptors (n x (bits/8 + 2 d) bytes; 10 MB for 10k images at d=512).
@@ -23,7 +23,7 @@ from storage.commit import mark_part_done, part_done
 from storage.shards import iter_samples, shard_name
 from storage.uri import join, read_bytes, write_bytes_atomic
 from tasks.dedup.config import DedupConfig
-from tasks.dedup.decode import decode_rgb, trim_uniform_border
+from tasks.dedup.decode import decode_rgb, is_grey, trim_uniform_border
 from tasks.dedup.embedder import CopyEmbedder
 from tasks.dedup.pca_hash import PcaHash
 from tasks.dedup.phash import gray_thumbnails, phash_bits
@@ -38,8 +38,14 @@ META_SCHEMA = pa.schema(
         pa.field("orig_height", pa.int64(), nullable=False),
         pa.field("bytes", pa.int64(), nullable=False),
         pa.field("error", pa.string(), nullable=True),
+        # Share of the decoded picture left after trimming uniform borders, and whether it is grey:
+        # the keep rule counts padding out of the resolution and prefers colour to a grey copy.
+        pa.field("content_fraction", pa.float32(), nullable=False),
+        pa.field("grey", pa.bool_(), nullable=False),
     ]
 )
+# Bumped when a part's files change meaning; parts written in another format are redone.
+PART_FORMAT = 2
 
 
 def part_name(shard_url: str) -> str:
@@ -95,6 +101,8 @@ def _meta_of(key: str, fields: dict[str, bytes]) -> tuple[dict, bytes | None]:
         "orig_height": int(meta.get("orig_height") or meta.get("height") or 0),
         "bytes": int(meta.get("bytes") or (len(jpg) if jpg is not None else 0)),
         "error": error,
+        "content_fraction": 1.0,
+        "grey": False,
     }
     return row, jpg
 
@@ -120,6 +128,9 @@ def _process_batch(batch: list[tuple[int, bytes]], cfg, pca, embedder, rows, cod
     if not images:
         return
     trimmed = [trim_uniform_border(img) for img in images]
+    for i, img, t in zip(idx, images, trimmed):
+        rows[i]["content_fraction"] = (t.width * t.height) / (img.width * img.height)
+        rows[i]["grey"] = is_grey(t)
     if codes.shape[1]:
         codes[idx] = hash_images(images, cfg, pca, trimmed)
     if embedder is not None:
@@ -136,7 +147,8 @@ def dedup_shard_part(shard_url: str, stage_uri: str, cfg: DedupConfig, embedder:
     pca_digest = pca.digest() if pca is not None else None
     model_id = embedder.model_id if embedder is not None else None
     done = part_done(stage_uri, part)
-    if done is not None and done.get("pca_digest") == pca_digest and done.get("model_id") == model_id:
+    if (done is not None and done.get("pca_digest") == pca_digest and done.get("model_id") == model_id
+            and done.get("format") == PART_FORMAT):
         return done
     dim = int(embedder.dim) if embedder is not None else 0
     min_side = max(64, int(getattr(embedder, "min_side", 64))) if embedder is not None else 64
@@ -178,7 +190,7 @@ def dedup_shard_part(shard_url: str, stage_uri: str, cfg: DedupConfig, embedder:
     save_npy(part_uri(stage_uri, part, "desc.npy"), descs)
     summary = {
         "part": part, "shard": shard_url, "n": n, "errors": sum(r["error"] is not None for r in rows),
-        "pca_digest": pca_digest, "model_id": model_id, "dim": dim,
+        "pca_digest": pca_digest, "model_id": model_id, "dim": dim, "format": PART_FORMAT,
     }
     mark_part_done(stage_uri, part, summary)
     return summary

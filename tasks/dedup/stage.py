@@ -115,13 +115,15 @@ def dedup_prepare(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedd
 
 
 def _load_parts(stage_uri: str, parts: list[str]) -> dict:
-    keys, shards, sha, area, nbytes, errors, codes, sizes = [], [], [], [], [], [], [], []
+    keys, shards, sha, area, nbytes, errors, codes, sizes, content, grey = [], [], [], [], [], [], [], [], [], []
     for part in parts:
         meta, c, _ = read_part(stage_uri, part)
         keys.extend(meta.column("key").to_pylist())
         shards.extend([part] * meta.num_rows)
         sha.extend(meta.column("sha256").to_pylist())
         area.append(meta.column("orig_width").to_numpy() * meta.column("orig_height").to_numpy())
+        content.append(area[-1] * meta.column("content_fraction").to_numpy())
+        grey.append(meta.column("grey").to_numpy(zero_copy_only=False))
         nbytes.append(meta.column("bytes").to_numpy())
         errors.extend(meta.column("error").to_pylist())
         codes.append(c)
@@ -130,6 +132,7 @@ def _load_parts(stage_uri: str, parts: list[str]) -> dict:
         "keys": np.array(keys, dtype=object), "shards": np.array(shards, dtype=object),
         "sha": np.array(sha, dtype=object), "area": np.concatenate(area).astype(np.int64),
         "bytes": np.concatenate(nbytes).astype(np.int64), "errors": errors, "codes": np.concatenate(codes),
+        "content_area": np.concatenate(content).astype(np.float64), "grey": np.concatenate(grey).astype(bool),
         "offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
     }
 
@@ -178,6 +181,22 @@ def _copy_edges(stage_uri, parts, offsets, n, cfg, threshold, uf, best_sim) -> s
             np.maximum.at(best_sim, i, s)
             np.maximum.at(best_sim, j, s)
     return index_description(dim, n, cfg)
+
+
+def _centrality(stage_uri, parts, pool, labels, valid, embedder) -> np.ndarray | None:
+    """Each image's mean similarity within its final component: copy descriptors streamed per part,
+    else the hash codes as +-1 vectors (cosine = 1 - 2 Hamming / bits); None without either."""
+    if embedder is not None:
+        def chunks():
+            for p, part in enumerate(parts):
+                yield int(pool["offsets"][p]), read_part(stage_uri, part)[2]
+    elif pool["codes"].shape[1]:
+        def chunks():
+            bits = np.unpackbits(pool["codes"], axis=1).astype(np.float32)
+            yield 0, (2 * bits - 1) / np.sqrt(bits.shape[1])
+    else:
+        return None
+    return decide.centrality(labels, valid, chunks)
 
 
 def _eval_matches(stage_uri, parts, offsets, n, eval_desc) -> tuple[np.ndarray, np.ndarray]:
@@ -241,8 +260,11 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
         index_kind = _copy_edges(stage_uri, parts, pool["offsets"], n, cfg, copy_thr, uf, best_sim)
     labels = uf.labels()
 
+    central = _centrality(stage_uri, parts, pool, labels, valid, embedder) if cfg.keep == "original" else None
+
     def reps(lab: np.ndarray) -> np.ndarray:
-        return decide.representatives(lab, valid, cfg.keep, pool["area"], pool["bytes"])
+        return decide.representatives(lab, valid, cfg.keep, pool["area"], pool["bytes"], pool["content_area"],
+                                      pool["grey"], central)
 
     hash_rep, rep = reps(hashed_labels), reps(labels)
     reasons = decide.removal_reasons(

@@ -42,3 +42,52 @@ def test_contaminated_components_are_dropped_whole_with_their_cause():
     # Row 1 matched on its own (8); row 0 inherits its component's best match (9).
     assert cause.tolist() == [9, 8, 9, -1, -1, 4]
     np.testing.assert_allclose(cause_sim[[0, 1, 2, 5]], [0.9, 0.5, 0.9, 0.8])
+
+
+def test_centrality_is_the_mean_similarity_within_the_component():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 5))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = np.array([0, 0, 0, 0, 4, 4, 6, 6, 6])
+    valid = np.array([True] * 8 + [False])
+
+    def chunks():  # two parts, streamed
+        yield 0, x[:5]
+        yield 5, x[5:]
+
+    c = decide.centrality(labels, valid, chunks)
+    for i in range(4):
+        assert abs(c[i] - np.mean(x[:4] @ x[i])) < 1e-5
+    # A pair has no medoid; the third component has only two valid members; invalid rows get none.
+    assert np.isnan(c[4:]).all()
+
+
+def test_keep_original_prefers_the_central_colour_unpadded_full_quality_member():
+    # One component: 0 original, 1 text overlay (more bytes, off centre), 2 heavy re-encode (central,
+    # few bytes), 3 padded copy (larger raw area, same picture), 4 grey copy, 5 half-size copy.
+    labels = np.zeros(6, dtype=np.int64)
+    valid = np.ones(6, dtype=bool)
+    central = np.array([0.97, 0.92, 0.971, 0.96, 0.90, 0.969], dtype=np.float32)
+    area = np.array([1000, 1000, 1000, 1440, 1440, 250])
+    content = np.array([1000, 1000, 1000, 1010, 1000, 250], dtype=np.float64)
+    grey = np.array([False, False, False, False, True, False])
+    nbytes = np.array([900, 1000, 300, 1300, 800, 250])
+    rep = decide.representatives(labels, valid, "original", area, nbytes, content, grey, central)
+    assert rep.tolist() == [0] * 6
+    # The old rule keeps the padded copy (largest area).
+    assert decide.representatives(labels, valid, "resolution", area, nbytes).tolist() == [3] * 6
+    # Without the original, the re-encode is the unedited picture left... unless a full-quality copy is
+    # there: here the padded one (its border costs no picture bytes) is central enough and wins on bytes.
+    rest = valid.copy()
+    rest[0] = False
+    assert decide.representatives(labels, rest, "original", area, nbytes, content, grey, central)[1] == 3
+    # A pair (no medoid): colour beats grey, and the unpadded one beats the padded one.
+    pair = np.array([0, 0, 2, 2])
+    rep = decide.representatives(pair, np.ones(4, bool), "original", np.array([100, 144, 100, 144]),
+                                 np.array([90, 120, 90, 95]), np.array([100.0, 101.0, 100.0, 101.0]),
+                                 np.array([False, True, False, False]), np.full(4, np.nan, np.float32))
+    assert rep.tolist() == [0, 0, 2, 2]
+    # The cascade: the final survivor also survives the finer levels.
+    finer = np.array([0, 0, 2, 2, 2, 5])
+    fine_rep = decide.representatives(finer, valid, "original", area, nbytes, content, grey, central)
+    assert fine_rep[0] == 0

@@ -130,3 +130,22 @@ def test_report_pieces_are_pure():
     png = contact_sheet_png([("copy (n=2)", [img, img]), ("eval-set (n=1)", [img])], thumb=32)
     sheet = Image.open(io.BytesIO(png))
     assert sheet.size[1] == 2 * (32 + 6) + 6
+
+
+def test_the_stage_keeps_the_original_of_planted_copy_groups(tmp_path):
+    from tasks.dedup.quality import originals_kept, stage_kept, stage_labels
+
+    items = planted_pool(n_with_copies=8, edits=("reencode", "text", "grey-pad", "pad", "colour", "crop"), seed=5)
+    crawl = str(tmp_path / "crawl")
+    write_crawl_stage(crawl, items, shard_size=40)
+    cfg = DedupConfig(hash_radius=8)
+    assert cfg.keep == "original"
+    stage = str(tmp_path / "dedup")
+    run_dedup(crawl, stage, cfg, load_copy_embedder(cfg))
+    kept = originals_kept(items, stage_labels(stage, items), stage_kept(stage, items))
+    assert kept["groups"] >= 6, kept
+    assert kept["share"] == 1.0, kept
+    # The previous rule (largest area) keeps padded copies instead.
+    old = str(tmp_path / "dedup-resolution")
+    run_dedup(crawl, old, cfg.model_copy(update={"keep": "resolution"}), load_copy_embedder(cfg))
+    assert originals_kept(items, stage_labels(old, items), stage_kept(old, items))["share"] < 0.5
