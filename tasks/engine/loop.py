@@ -146,13 +146,23 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
         lr_warmup=o.warmup_fraction,
         weight_decay=o.weight_decay,
         weight_decay_end=o.weight_decay_end,
-        momentum=o.momentum_teacher,
+        momentum=o.teacher_momentum_start(),
         momentum_end=o.momentum_teacher_end,
         teacher_temp=o.teacher_temp,
         teacher_temp_start=o.warmup_teacher_temp,
         teacher_temp_warmup=o.warmup_teacher_temp_fraction,
         freeze_last_layer=o.freeze_last_layer_fraction,
     )
+
+    plan = {**o.schedule_steps(), "momentum_teacher_start": o.teacher_momentum_start(),
+            "high_res_steps": cfg.high_res.num_steps(total)}
+    if info.is_main:
+        log(f"schedules over {total} steps: LR warm-up {plan['lr_warmup_steps']} steps, teacher temperature "
+            f"{o.warmup_teacher_temp:g} -> {o.teacher_temp:g} over {plan['teacher_temp_warmup_steps']} steps, "
+            f"prototypes frozen {plan['freeze_last_layer_steps']} steps, teacher EMA "
+            f"{plan['momentum_teacher_start']:.4f} -> {o.momentum_teacher_end:g}"
+            + ("" if o.momentum_teacher is not None else f" (time constant {o.momentum_teacher_lag:g} of the run)")
+            + (f", high resolution {plan['high_res_steps']} steps" if plan["high_res_steps"] else ""))
 
     metrics = MetricsLog(su.join(run_uri, "metrics.parquet"))
     step, data_state = 0, None
@@ -291,6 +301,7 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
 
     loader.close()
     summary = _summary(cfg, run_uri, metrics, knn_results, last_ckpt, info, phases)
+    summary["schedules"] = plan
     summary.update(objective.summary(model, lambda backbone: run_knn(backbone, bench, cfg, dtype) if bench else {}))
     if info.is_main:
         metrics.flush()

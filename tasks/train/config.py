@@ -136,13 +136,42 @@ class OptimConfig(_Section):
     freeze_last_layer_fraction: float = Field(
         0.01, ge=0, le=1, description="Fraction of the run with the prototype layers' LR at 0."
     )
-    momentum_teacher: float = Field(0.992, ge=0, le=1, description="Teacher EMA momentum at the start (cosine).")
+    momentum_teacher: float | None = Field(
+        None, ge=0, le=1, description="Teacher EMA momentum at the start, cosine to momentum_teacher_end (None: "
+        "from momentum_teacher_lag and the run's length).",
+    )
+    momentum_teacher_lag: float = Field(
+        0.001, gt=0, le=1, description="When momentum_teacher is None: the teacher EMA's time constant at the "
+        "start as a fraction of the run, momentum 1 - 1/(lag x total_steps); 0.001 gives the ImageNet-1k "
+        "recipe's 0.992 at its 125k steps.",
+    )
+    momentum_teacher_min: float = Field(
+        0.9, ge=0, lt=1, description="Lowest start momentum the lag gives (a teacher averages at least "
+        "1/(1 - min) steps; 0.9 from 10k steps down).",
+    )
     momentum_teacher_end: float = Field(1.0, ge=0, le=1, description="Teacher EMA momentum at the end.")
     teacher_temp: float = Field(0.07, gt=0, le=1, description="Teacher temperature after its warmup.")
     warmup_teacher_temp: float = Field(0.04, gt=0, le=1, description="Teacher temperature at the start.")
     warmup_teacher_temp_fraction: float = Field(
         0.3, ge=0, le=1, description="Linear teacher-temperature warmup, fraction of the run."
     )
+
+
+    def teacher_momentum_start(self) -> float:
+        """The teacher EMA momentum at step 0: ``momentum_teacher``, or the one the lag gives this run."""
+        from models.schedules import momentum_for_lag
+
+        if self.momentum_teacher is not None:
+            return self.momentum_teacher
+        return momentum_for_lag(self.total_steps, self.momentum_teacher_lag, self.momentum_teacher_min)
+
+    def schedule_steps(self) -> dict[str, int]:
+        """Steps of each warm-up (what the fractions give this run's length)."""
+        return {
+            "lr_warmup_steps": int(round(self.warmup_fraction * self.total_steps)),
+            "teacher_temp_warmup_steps": int(round(self.warmup_teacher_temp_fraction * self.total_steps)),
+            "freeze_last_layer_steps": int(round(self.freeze_last_layer_fraction * self.total_steps)),
+        }
 
 
 class CheckpointConfig(_Section):

@@ -11,6 +11,7 @@ from models.schedules import (
     build_schedules,
     cosine_schedule,
     layer_id,
+    momentum_for_lag,
     scale_lr,
 )
 
@@ -41,6 +42,17 @@ def test_schedules_scale_with_the_run_length():
         a, b = short.at(int(frac * 200)), long.at(int(frac * 20_000))
         for key in ("lr", "weight_decay", "momentum", "teacher_temp"):
             assert a[key] == pytest.approx(b[key], rel=0.05), (key, frac)
+
+
+def test_momentum_for_lag_keeps_the_time_constant_a_share_of_the_run():
+    assert momentum_for_lag(125_000, 0.001, 0.9) == pytest.approx(0.992)  # 125-step time constant
+    assert momentum_for_lag(625_000, 1 / 3750, 0.9) == pytest.approx(0.994)  # ViT-g's 0.994 over 625k steps
+    assert momentum_for_lag(40_000, 0.001, 0.9) == pytest.approx(1 - 1 / 40)
+    assert momentum_for_lag(200, 0.001, 0.9) == momentum_for_lag(1, 0.001, 0.9) == 0.9  # floor: >= 10 steps
+    values = [momentum_for_lag(t, 0.001, 0.9) for t in (10, 10_000, 20_000, 10**6)]
+    assert values == sorted(values) and values[1] == 0.9 and values[2] == pytest.approx(0.95)
+    with pytest.raises(ValueError):
+        momentum_for_lag(0, 0.001, 0.9)
 
 
 def test_build_schedules_recipe_values():

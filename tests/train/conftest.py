@@ -12,7 +12,9 @@ def tiny_config(**over) -> TrainConfig:
         # the earlier recipe options (frozen prototype norms, no decay on tokens): pinned runs keep their losses
         loss=dict(dino_prototypes=64, head_hidden_dim=32, head_bottleneck_dim=16, mask_ratio=(0.25, 0.5),
                   head_train_norm=False),
-        optim=dict(batch_size_per_rank=8, total_steps=6, base_lr=1e-3, lr_scaling="none", decay_tokens=False),
+        # an absolute teacher momentum (the earlier default), rather than one that follows the run's length
+        optim=dict(batch_size_per_rank=8, total_steps=6, base_lr=1e-3, lr_scaling="none", decay_tokens=False,
+                   momentum_teacher=0.992),
         checkpoint=dict(every_steps=2, keep=2),
         eval=dict(knn_dataset="none"),
         # the earlier data order (1,000-image chunks): pinned runs keep their batches
