@@ -120,9 +120,11 @@ class CrawlConfig(BaseModel):
     )
     respect_robots_txt: bool = Field(True, description="Fetch robots.txt once per host and obey it for our agent.")
     x_robots_block: list[str] = Field(
-        default_factory=lambda: ["noai", "noimageai", "noimageindex"],
+        default_factory=lambda: ["noai", "noimageai", "noimageindex", "noindex"],
         description="Robots directives that opt out of the crawl: in an image's X-Robots-Tag header, or in a "
-        "page's <meta name=\"robots\"> or <meta name=\"{agent}\"> (then none of the page's images is taken).",
+        "page's <meta name=\"robots\">, <meta name=\"{agent}\"> or <meta http-equiv=\"X-Robots-Tag\"> (then "
+        "none of the page's images is taken). 'none' counts as 'noindex, nofollow' and 'noai' as covering "
+        "'noimageai'; noindex is in by default because a dataset is an index of what it holds.",
     )
     allow_private_networks: list[str] = Field(
         default_factory=list,

@@ -105,8 +105,11 @@ class _ImageRefParser(HTMLParser):
         if tag == "picture":
             self.picture_depth += 1
         elif tag == "meta":
-            if a.get("name", "").strip(_WS) and a.get("content", "").strip(_WS):
-                self.meta_directives.append((a["name"].strip(_WS).lower(), a["content"].strip(_WS)))
+            name = a.get("name", "").strip(_WS).lower()
+            if not name and a.get("http-equiv", "").strip(_WS).lower() == "x-robots-tag":
+                name = "x-robots-tag"  # the header written in the page
+            if name and a.get("content", "").strip(_WS):
+                self.meta_directives.append((name, a["content"].strip(_WS)))
         elif tag == "base":
             if self.base_href is None and a.get("href", "").strip(_WS):
                 self.base_href = a["href"].strip(_WS)

@@ -22,9 +22,18 @@ def parse_robots(status: int | None, body: bytes) -> RobotFileParser:
     return rp
 
 
+# Directives that contain others: `none` is `noindex, nofollow`; `noai` (no AI use of anything on the page)
+# covers `noimageai`. A page that writes the wider one opts out of whatever the narrower one would.
+_IMPLIES = {"none": ("noindex", "nofollow"), "noai": ("noimageai",)}
+
+
+def _opts_out(token: str, blocked: set[str]) -> bool:
+    return token in blocked or any(t in blocked for t in _IMPLIES.get(token, ()))
+
+
 def x_robots_opt_out(values: list[str], agent: str, blocked: list[str]) -> str | None:
     """The first blocked directive that applies to `agent` in X-Robots-Tag header values, else None."""
-    blocked_set = {b.lower() for b in blocked}
+    blocked_set = {b.strip().lower() for b in blocked}
     agent = agent.lower()
     for value in values:
         scope = None
@@ -34,17 +43,26 @@ def x_robots_opt_out(values: list[str], agent: str, blocked: list[str]) -> str |
                 head, tail = token.split(":", 1)
                 if head.strip() not in _VALUED_DIRECTIVES:
                     scope, token = head.strip(), tail.strip()
-            if scope in (None, "*", agent) and token in blocked_set:
+            if scope in (None, "*", agent) and _opts_out(token, blocked_set):
                 return token
     return None
 
 
 def meta_robots_opt_out(metas: list[tuple[str, str]], agent: str, blocked: list[str]) -> str | None:
-    """The first blocked directive in <meta name="robots"|"{agent}" content=...> tags, else None.
+    """"<meta name>: directive" of the first tag that opts the page out, else None.
 
-    A meta tag named after an agent is the page's form of an agent-scoped header ("agent: directives").
+    Tags read: <meta name="robots">, <meta name="{agent}"> (the page's form of an agent-scoped header,
+    "agent: directives") and <meta http-equiv="X-Robots-Tag"> (a header written in the page; its content
+    may scope itself to agents as the header does). Names match case-insensitively.
     """
     agent = agent.lower()
-    values = [content if name == "robots" else f"{name}: {content}"
-              for name, content in metas if name in ("robots", agent)]
-    return x_robots_opt_out(values, agent, blocked)
+    for name, content in metas:
+        if name in ("robots", "x-robots-tag"):
+            token = x_robots_opt_out([content], agent, blocked)
+        elif name == agent:
+            token = x_robots_opt_out([f"{name}: {content}"], agent, blocked)
+        else:
+            continue
+        if token:
+            return f"{name}: {token}"
+    return None

@@ -58,11 +58,11 @@ def test_a_corrupt_gzip_member_costs_one_record_not_the_rest(tmp_path):
 
 def test_meta_robots_opt_out():
     page = extract_image_refs('<meta name="robots" content="index, noimageai"><img src="a.jpg">', "http://x.test/")
-    assert meta_robots_opt_out(page.meta_directives, "lvd-crawler", ["noai", "noimageai"]) == "noimageai"
+    assert meta_robots_opt_out(page.meta_directives, "lvd-crawler", ["noai", "noimageai"]) == "robots: noimageai"
     mine = extract_image_refs('<meta name="LVD-Crawler" content="noai">', "http://x.test/")
     other = extract_image_refs('<meta name="otherbot" content="noai"><meta name="description" content="noai">',
                                "http://x.test/")
-    assert meta_robots_opt_out(mine.meta_directives, "lvd-crawler", ["noai"]) == "noai"
+    assert meta_robots_opt_out(mine.meta_directives, "lvd-crawler", ["noai"]) == "lvd-crawler: noai"
     assert meta_robots_opt_out(other.meta_directives, "lvd-crawler", ["noai"]) is None
 
 
