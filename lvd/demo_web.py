@@ -79,6 +79,20 @@ class DemoWeb:
             sources=meta["sources"],
         )
 
+    def write_warc(self, path: str | os.PathLike, pages: list[str]) -> Path:
+        """A WARC (gzip) of just ``pages`` (URLs of this web's pages), as a crawler would have archived them:
+        a web's pages split over several WARC files, as Common Crawl publishes them."""
+        from warcio.warcwriter import WARCWriter
+
+        files = dict(zip(self.pages, self.html_files))
+        unknown = [u for u in pages if u not in files]
+        if unknown:
+            raise ValueError(f"not pages of the demo web under {self.root}: {unknown}")
+        path = Path(path)
+        with open(path, "wb") as out:
+            _write_page_records(WARCWriter(out, gzip=True), pages, [files[u] for u in pages])
+        return path
+
 
 # --- picture sources ------------------------------------------------------------------------------------------
 
@@ -229,6 +243,18 @@ def _hostile_cases(site: _Site, rng: random.Random, sample: Image.Image) -> dict
     return exp
 
 
+def _write_page_records(writer, urls: list[str], files: list[Path]) -> None:
+    """One `200 OK` HTML response record per page: its URL and the file holding its body."""
+    from warcio.statusandheaders import StatusAndHeaders
+
+    for url, path in zip(urls, files, strict=True):
+        payload = Path(path).read_bytes()
+        http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                           ("Content-Length", str(len(payload)))], protocol="HTTP/1.1")
+        writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(payload),
+                                                      http_headers=http))
+
+
 def build_demo_web(directory: str | os.PathLike, n_images: int = 100, seed: int = 0,
                    photo_fraction: float = 0.3) -> DemoWeb:
     """Write the demo web into `directory` (deterministic for a seed) and return what it holds."""
@@ -312,12 +338,7 @@ def build_demo_web(directory: str | os.PathLike, n_images: int = 100, seed: int 
     warc_path = root / "pages.warc.gz"
     with open(warc_path, "wb") as out:
         writer = WARCWriter(out, gzip=True)
-        for url, rel in zip(pages, html_files):
-            payload = (root / rel).read_bytes()
-            http = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                               ("Content-Length", str(len(payload)))], protocol="HTTP/1.1")
-            writer.write_record(writer.create_warc_record(url, "response", payload=io.BytesIO(payload),
-                                                          http_headers=http))
+        _write_page_records(writer, pages, [root / rel for rel in html_files])
         # A picture response and a 404 page: not HTML pages, so the crawl skips them.
         pic = (root / "sites" / CDN / "img" / "logo.png").read_bytes()
         http = StatusAndHeaders("200 OK", [("Content-Type", "image/png")], protocol="HTTP/1.1")

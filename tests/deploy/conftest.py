@@ -50,10 +50,12 @@ def stack(s3_server, tmp_path_factory):
         t = time.monotonic()
         bucket = f"lvd-stack-{os.getpid()}"
         stack.declared = yaml.safe_load((REPO / "prefect.yaml").read_text())
-        init = run_init(stack, f"s3://{bucket}/curated")
+        root = f"s3://{bucket}/curated"
+        init = run_init(stack, root)
         assert init.returncode == 0, f"deploy/init.sh failed:\n{init.stdout[-3000:]}\n{init.stderr[-3000:]}"
         stack.timings["init_deploy_s"] = time.monotonic() - t
         stack.bucket, stack.init_output = bucket, init.stdout
+        stack.worker_env["LVD_ROOT"] = root  # as compose's x-lvd-env gives every worker
         stack.timings["worker_online_s"] = stack.start_worker(CPU_POOL)
         yield stack
     finally:

@@ -40,6 +40,8 @@ class LvdStack:
     timings: dict[str, float] = field(default_factory=dict)
     server: subprocess.Popen | None = None
     workers: dict[str, subprocess.Popen] = field(default_factory=dict)
+    # What compose gives every worker beyond the stack's env (LVD_ROOT: the dataset root runs default to).
+    worker_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -94,7 +96,7 @@ class LvdStack:
         log = open(self.workdir / f"worker-{pool}.log", "ab")
         self.workers[pool] = subprocess.Popen(
             [PREFECT, "worker", "start", "--pool", pool, "--type", "process", "--name", f"{pool}-test"],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+            env={**self.env, **self.worker_env}, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
         )
         log.close()
         deadline = time.monotonic() + 90
