@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from tasks.retrieve.config import BalancedConfig
-from tasks.retrieve.kmeans import KMeansError, gpu_available, normalise_rows
+from tasks.retrieve.kmeans import KMeansError, assign, gpu_available, normalise_rows
 
 
 @dataclass
@@ -74,18 +74,6 @@ def fit(x: np.ndarray, k: int, cfg: BalancedConfig, seed: int, use_gpu: bool,
     return normalise_rows(km.centroids) if cfg.distance == "cosine" else np.array(km.centroids, np.float32)
 
 
-def nearest(x: np.ndarray, centroids: np.ndarray, distance: str, batch: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of every row and its closeness (cosine, or minus the squared L2 distance)."""
-    index = faiss.IndexFlatIP(centroids.shape[1]) if distance == "cosine" else faiss.IndexFlatL2(centroids.shape[1])
-    index.add(np.ascontiguousarray(centroids, np.float32))
-    labels, close = np.empty(x.shape[0], np.int64), np.empty(x.shape[0], np.float32)
-    for start in range(0, x.shape[0], batch):
-        d, i = index.search(np.ascontiguousarray(x[start:start + batch], np.float32), 1)
-        labels[start:start + batch] = i[:, 0]
-        close[start:start + batch] = d[:, 0] if distance == "cosine" else -d[:, 0]
-    return labels, close
-
-
 def cosine_to_centroid(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, batch: int = 65_536) -> np.ndarray:
     """Cosine similarity of every row to its own centroid. For unit rows it orders a cluster's members
     exactly as the L2 distance to the cluster's mean does, and it is what the selection records."""
@@ -110,7 +98,7 @@ def _resample(points: np.ndarray, centroids: np.ndarray, size: int, steps: int, 
               use_gpu: bool) -> np.ndarray:
     k = centroids.shape[0]
     for step in range(steps):
-        labels, close = nearest(points, centroids, cfg.distance)
+        labels, close = assign(points, centroids, distance=cfg.distance)
         chosen = closest_per_cluster(labels, close, size)
         if len(chosen) < k:
             break
@@ -121,7 +109,7 @@ def _resample(points: np.ndarray, centroids: np.ndarray, size: int, steps: int, 
 
 def _split(points: np.ndarray, coarse: np.ndarray, cfg: BalancedConfig, seed: int, use_gpu: bool) -> np.ndarray:
     """Every coarse cluster split into ``cfg.split`` clusters (fewer where it holds fewer points)."""
-    labels, _ = nearest(points, coarse, cfg.distance)
+    labels, _ = assign(points, coarse, distance=cfg.distance)
     parts = [fit(points[labels == c], min(cfg.split, int((labels == c).sum())), cfg, seed + 1 + int(c), use_gpu)
              for c in np.unique(labels)]
     return np.concatenate(parts)
@@ -146,7 +134,7 @@ def hierarchical_kmeans(x: np.ndarray, cfg: BalancedConfig, use_gpu: bool = True
             size = sizes[level] if sizes[level] is not None else points.shape[0] // (2 * k)
             if steps[level] and size > 1:
                 centroids = _resample(points, centroids, size, steps[level], cfg, seed, use_gpu)
-        labels, _ = nearest(points, centroids, cfg.distance)
+        labels, _ = assign(points, centroids, distance=cfg.distance)
         if level == 0:
             pool_sims = cosine_to_centroid(points, centroids, labels)
         centroids_per_level.append(centroids)

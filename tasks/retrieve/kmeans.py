@@ -81,16 +81,18 @@ def spherical_kmeans(
     return normalise_rows(km.centroids)
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, batch_size: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid (max inner product) of every row, in batches -> (labels int64, similarities float32)."""
-    index = faiss.IndexFlatIP(centroids.shape[1])
+def assign(x: np.ndarray, centroids: np.ndarray, batch_size: int = 65_536,
+           distance: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
+    """Nearest centroid of every row, in batches -> (labels int64, closeness float32): the inner
+    product (``distance="cosine"``, unit centroids) or minus the squared L2 distance (``"l2"``)."""
+    index = faiss.IndexFlatIP(centroids.shape[1]) if distance == "cosine" else faiss.IndexFlatL2(centroids.shape[1])
     index.add(_f32(centroids))
     labels = np.empty(x.shape[0], np.int64)
     sims = np.empty(x.shape[0], np.float32)
     for start in range(0, x.shape[0], batch_size):
         stop = min(start + batch_size, x.shape[0])
         s, i = index.search(_f32(x[start:stop]), 1)
-        labels[start:stop], sims[start:stop] = i[:, 0], s[:, 0]
+        labels[start:stop], sims[start:stop] = i[:, 0], (s[:, 0] if distance == "cosine" else -s[:, 0])
     return labels, sims
 
 
