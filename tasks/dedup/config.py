@@ -46,7 +46,9 @@ class DedupConfig(BaseModel):
         "builtin:dct",
         description=(
             "Copy-detection descriptor: 'builtin:dct' (offline multi-scale DCT + colour descriptor, no "
-            "weights), a TorchScript SSCD file (local path, file:// or s3://), or None to skip copy detection."
+            "weights), a TorchScript SSCD file, any model lvd loads (a run, checkpoint, backbone.pt, lvd "
+            "export, official DINOv2 or timm file: CLS + GeM-pooled patch tokens), by local path, file:// "
+            "or s3://, or None to skip copy detection."
         ),
     )
     copy_resize: Literal["short288", "square320"] = Field(

@@ -3,8 +3,10 @@
 An embedder is any callable ``images (list of PIL) -> (n, dim) float32, L2-normalised rows``
 with ``dim`` and ``model_id`` attributes. Optional attributes: ``min_side`` (smallest short side
 the decoder must deliver), ``copy_threshold`` / ``eval_threshold`` (the model's calibrated
-cosine operating points) and ``checksum``. The project's own ViTs (``tasks.embed``) plug in
-through :func:`from_tensor_embedder`.
+cosine operating points) and ``checksum``. ``dedup.copy_model`` names ``builtin:dct``, a
+TorchScript file (:class:`tasks.dedup.sscd.SscdEmbedder`) or any model lvd loads
+(:class:`tasks.dedup.model_copy.ModelCopyEmbedder`); a ``tasks.embed`` embedder plugs in through
+:func:`from_tensor_embedder`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lvd.errors import LvdError
+
+from storage.uri import read_bytes
 from tasks.dedup.config import DedupConfig
 from tasks.dedup.descriptor import DctColourEmbedder
+from tasks.dedup.model_copy import model_copy_embedder
 from tasks.dedup.sscd import SSCD_COPY_THRESHOLD, SSCD_EVAL_THRESHOLD, CopyModelError, SscdEmbedder
+from tasks.release.load import is_torchscript, load_model, model_from_bytes
 
 BUILTIN_DCT = "builtin:dct"
 
@@ -38,7 +45,24 @@ def load_copy_embedder(cfg: DedupConfig, device: str = "cpu") -> CopyEmbedder | 
         return DctColourEmbedder()
     if cfg.copy_model.startswith("builtin:"):
         raise CopyModelError(f"unknown built-in copy model {cfg.copy_model!r}; known: {BUILTIN_DCT!r}")
-    return SscdEmbedder(cfg.copy_model, resize=cfg.copy_resize, device=device)
+    return open_copy_model(cfg.copy_model, cfg.copy_resize, device)
+
+
+def open_copy_model(uri: str, resize: str = "short288", device: str = "cpu") -> CopyEmbedder:
+    """A TorchScript file (SSCD's call shape) or any model ``tasks.release.load`` opens, by contents."""
+    try:
+        data = None if uri.lower().endswith(".safetensors") else read_bytes(uri)
+    except (FileNotFoundError, IsADirectoryError):  # a run or checkpoint directory (or nothing)
+        data = None
+    if data is not None and is_torchscript(data):
+        return SscdEmbedder(uri, resize=resize, device=device, data=data)
+    try:
+        loaded = load_model(uri) if data is None else model_from_bytes(data, uri)
+    except FileNotFoundError as exc:
+        raise CopyModelError(f"copy-detection model {uri} does not exist") from exc
+    except (LvdError, ValueError) as exc:
+        raise CopyModelError(f"copy-detection model {uri} is neither a TorchScript file nor a model lvd loads: {exc}") from exc
+    return model_copy_embedder(loaded, data, device)
 
 
 def check_embedder(embedder: CopyEmbedder) -> None:

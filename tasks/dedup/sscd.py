@@ -81,9 +81,9 @@ class SscdEmbedder:
     min_side = 288
 
     def __init__(self, uri: str, resize: Literal["short288", "square320"] = "short288",
-                 expected_dim: int | None = None, device: str = "cpu"):
+                 expected_dim: int | None = None, device: str = "cpu", data: bytes | None = None):
         try:
-            data = read_bytes(uri)
+            data = read_bytes(uri) if data is None else data
         except FileNotFoundError as exc:
             raise CopyModelError(f"copy-detection model {uri} does not exist") from exc
         try:

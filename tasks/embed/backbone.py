@@ -126,7 +126,7 @@ def _vit_forward(model: torch.nn.Module, features: str) -> Callable[[torch.Tenso
     return forward
 
 
-def _state_dict_checksum(state: dict[str, torch.Tensor]) -> str:
+def state_dict_checksum(state: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
@@ -175,7 +175,7 @@ def random_vit_embedder(spec: str, device: torch.device, **kw) -> Embedder:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_vit(preset)
-    checksum = _state_dict_checksum(model.state_dict())
+    checksum = state_dict_checksum(model.state_dict())
     return vit_embedder(model, f"random:{preset}@{seed}", checksum, device, **kw)
 
 
@@ -212,7 +212,7 @@ def load_embedder(
         data = None
     if data is None:  # weights with no single file's sha256: the checksum is the tensors'
         loaded = load_model(uri_or_spec)
-        checksum = _state_dict_checksum(loaded.backbone.state_dict())
+        checksum = state_dict_checksum(loaded.backbone.state_dict())
     else:
         checksum = hashlib.sha256(data).hexdigest()
         if is_torchscript(data):

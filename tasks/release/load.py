@@ -59,6 +59,7 @@ class LoadedModel:
     train_config: TrainConfig | None = None
     step: int | None = None
     image_size: int | None = None  # the resolution it was trained at, where the source records it
+    meta: dict = field(default_factory=dict)  # what the source records beside its weights (a copy detector's calibration)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.backbone.parameters())

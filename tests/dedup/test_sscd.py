@@ -77,7 +77,7 @@ def test_missing_or_malformed_models_fail_before_any_work(tmp_path):
         load_copy_embedder(DedupConfig(copy_model=str(tmp_path / "absent.pt")))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
-    with pytest.raises(CopyModelError, match="not a TorchScript"):
+    with pytest.raises(CopyModelError, match="neither a TorchScript file nor a model lvd loads"):
         load_copy_embedder(DedupConfig(copy_model=str(junk)))
     with pytest.raises(CopyModelError, match="returns shape"):
         load_copy_embedder(DedupConfig(copy_model=_save(WrongShape(), tmp_path / "wrong.pt")))
