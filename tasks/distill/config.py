@@ -2,7 +2,9 @@
 
 The recipe is the pretraining one with a frozen, larger teacher (backbone and its own heads), no
 masking and no stochastic depth in the student, iBOT on the patches of both global crops, and an
-EMA of the student kept as the result. Crops, optimiser, schedules, checkpoints, k-NN and data
+EMA of the student kept as the result. A teacher without heads (a released DINOv2 backbone)
+teaches its features instead: linear projections on the student are matched to the teacher's
+standardised CLS and patch features. Crops, optimiser, schedules, checkpoints, k-NN and data
 reuse the training sections, so a value means the same thing in both stages.
 """
 
@@ -43,14 +45,23 @@ class TeacherConfig(_Section):
 class DistillLossConfig(_Section):
     """Objectives. Prototype counts and head layout come from the teacher's heads."""
 
+    targets: Literal["auto", "heads", "features"] = Field(
+        "auto",
+        description="What the student learns: 'heads' the teacher's DINO/iBOT head outputs (the paper's "
+        "distillation); 'features' the teacher's CLS and patch features themselves, through linear projections "
+        "on the student (cosine + smooth-L1 on the teacher's standardised features), for a teacher without heads; "
+        "'auto' heads when the teacher has them, features otherwise.",
+    )
     centering: Literal["softmax", "sinkhorn_knopp"] = Field(
         "sinkhorn_knopp", description="How teacher logits become targets: EMA softmax centering or Sinkhorn-Knopp."
     )
     sinkhorn_iterations: int = Field(3, ge=1, le=20, description="Sinkhorn-Knopp iterations.")
     center_momentum: float = Field(0.9, ge=0, lt=1, description="EMA momentum of the softmax center.")
     student_temp: float = Field(0.1, gt=0, le=1, description="Student softmax temperature.")
-    dino_weight: float = Field(1.0, ge=0, description="Weight of the DINO (CLS) loss.")
-    ibot_weight: float = Field(1.0, ge=0, description="Weight of the iBOT patch loss (0 disables it).")
+    dino_weight: float = Field(1.0, ge=0, description="Weight of the CLS loss (DINO, or the CLS feature match).")
+    ibot_weight: float = Field(
+        1.0, ge=0, description="Weight of the patch loss (iBOT, or the patch feature match; 0 disables it)."
+    )
     koleo_weight: float = Field(0.1, ge=0, description="Weight of KoLeo on the student's global-crop CLS.")
     ibot_patches: Literal["all", "masked"] = Field(
         "all",
@@ -62,6 +73,12 @@ class DistillLossConfig(_Section):
     head_hidden_dim: int | None = Field(None, ge=8, le=16384, description="Student head MLP width (None: the teacher's).")
     head_bottleneck_dim: int | None = Field(None, ge=4, le=2048, description="Student head bottleneck (None: the teacher's).")
     head_nlayers: int | None = Field(None, ge=1, le=5, description="Linear layers of the student head MLP (None: the teacher's).")
+    head_prototypes: int = Field(
+        4096, ge=2, le=1 << 18,
+        description="With 'features' targets only: prototypes of the student's DINO head. Feature distillation "
+        "leaves the student's heads untrained and frozen; they are kept so the result continues self-supervised "
+        "like a training run (with 'heads' the teacher's count is used).",
+    )
 
     @model_validator(mode="after")
     def _mask_ratio_ordered(self) -> "DistillLossConfig":

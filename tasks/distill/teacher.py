@@ -1,10 +1,16 @@
 """The frozen teacher and the student built to match it, with every check done before training.
 
-The distillation targets are the teacher's own head outputs (DINO on CLS, iBOT on patches), so a
-teacher without heads cannot be distilled: the released DINOv2 backbones ship none, and new
-heads on a frozen backbone would first have to be trained by self-supervision, which is a
-training run, not a distillation. The student's heads predict over the teacher's prototypes, so
-their output sizes, and whether iBOT has its own head, follow the teacher.
+With ``loss.targets="heads"`` the targets are the teacher's own head outputs (DINO on CLS, iBOT on
+patches), and the student's heads predict over the teacher's prototypes, so their output sizes,
+and whether iBOT has its own head, follow the teacher.
+
+The released DINOv2 backbones ship no heads. Fitting new heads on the frozen backbone first would
+be a self-supervised run of its own (heads, their EMA, centering) whose prototypes the student
+would then imitate: an indirect target, only as good as the fitted heads. ``"features"`` instead
+matches the student to what the released model is used for, its CLS and patch features, through
+one linear projection per token kind on the student (:func:`add_feature_projections`). The
+student's own heads are then untouched by the objective: they are built at
+``loss.head_prototypes`` and frozen, so the result still loads and continues like a training run.
 """
 
 from __future__ import annotations
@@ -34,16 +40,21 @@ def head_shape(head: nn.Module) -> dict[str, int]:
     }
 
 
+def uses_features(cfg: DistillConfig, teacher: LoadedModel) -> bool:
+    """Whether the student learns the teacher's features (True) or its head outputs (False)."""
+    return cfg.loss.targets == "features" or (cfg.loss.targets == "auto" and "dino_head" not in teacher.heads)
+
+
 def load_teacher(cfg: DistillConfig) -> LoadedModel:
     """Load the teacher named by ``cfg.teacher.uri`` frozen, and check it can teach."""
     if not cfg.teacher.uri:
         raise DistillationError("teacher.uri is empty: name a run, checkpoint, export or official training checkpoint")
     teacher = load_model(cfg.teacher.uri)
-    if "dino_head" not in teacher.heads:
+    if not uses_features(cfg, teacher) and "dino_head" not in teacher.heads:
         raise DistillationError(
-            f"teacher {cfg.teacher.uri} ({teacher.model_id}) has no DINO head: distillation trains the student on "
-            "the teacher's own head outputs. Released DINOv2 backbones ship without heads; use a checkpoint of this "
-            "project (heads are kept) or an official training checkpoint that holds them."
+            f"teacher {cfg.teacher.uri} ({teacher.model_id}) has no DINO head, and loss.targets=heads trains the "
+            "student on the teacher's own head outputs. Released DINOv2 backbones ship without heads: use "
+            "loss.targets=features (or auto) to distil their features, or a checkpoint that holds heads."
         )
     if cfg.teacher.arch is not None:
         expected = vit_kwargs(cfg.teacher.arch)
@@ -62,11 +73,18 @@ def student_train_config(cfg: DistillConfig, teacher: LoadedModel) -> TrainConfi
     """The TrainConfig that describes the student (heads shaped on the teacher's).
 
     It is stored as the distillation run's ``config.json``, so the result loads, evaluates and
-    continues self-supervised training exactly like a train-dinov2 run.
+    continues self-supervised training exactly like a train-dinov2 run. With feature targets the
+    heads (untrained, frozen) take ``loss.head_*`` or the training defaults, one shared by iBOT.
     """
-    dino = head_shape(teacher.heads["dino_head"])
-    ibot = head_shape(teacher.heads["ibot_head"]) if "ibot_head" in teacher.heads else None
     loss = cfg.loss
+    if uses_features(cfg, teacher):
+        defaults = LossConfig()
+        dino = {"prototypes": loss.head_prototypes, "hidden": defaults.head_hidden_dim,
+                "bottleneck": defaults.head_bottleneck_dim, "nlayers": defaults.head_nlayers}
+        ibot = None
+    else:
+        dino = head_shape(teacher.heads["dino_head"])
+        ibot = head_shape(teacher.heads["ibot_head"]) if "ibot_head" in teacher.heads else None
     head_loss = LossConfig(
         centering=loss.centering,
         sinkhorn_iterations=loss.sinkhorn_iterations,
@@ -112,7 +130,7 @@ def check_pair(cfg: DistillConfig, teacher: LoadedModel, student_backbone: nn.Mo
         )
     if cfg.loss.ibot_weight > 0 and student_backbone.patch_size != teacher.backbone.patch_size:
         raise DistillationError(
-            f"iBOT pairs student and teacher patches, but the student's patch size is {student_backbone.patch_size} "
+            f"the patch loss pairs student and teacher patches, but the student's patch size is {student_backbone.patch_size} "
             f"and the teacher's {teacher.backbone.patch_size}: use the same patch size or loss.ibot_weight=0"
         )
     if cfg.crops.global_crops_size % teacher.backbone.patch_size:
@@ -120,6 +138,26 @@ def check_pair(cfg: DistillConfig, teacher: LoadedModel, student_backbone: nn.Mo
             f"crops.global_crops_size {cfg.crops.global_crops_size} is not a multiple of the teacher's patch size "
             f"{teacher.backbone.patch_size}"
         )
+
+
+def add_feature_projections(model: nn.Module, teacher: LoadedModel) -> None:
+    """Give the student the linear maps from its width to the teacher's (``cls_proj`` for the CLS
+    token, ``patch_proj`` for patch tokens) and freeze its heads, which feature targets do not train.
+
+    The projections join ``model.student`` (trained, checkpointed) and, as the SSL model wants every
+    student part mirrored, ``model.teacher`` (followed by EMA, unused). The model that loads from the
+    run is built from its ``config.json`` without them: they are only the objective's means.
+    """
+    import copy
+
+    width, target = model.student["backbone"].embed_dim, teacher.backbone.embed_dim
+    for name in ("cls_proj", "patch_proj"):
+        proj = nn.Linear(width, target)
+        model.student[name] = proj
+        model.teacher[name] = copy.deepcopy(proj).requires_grad_(False)
+    for name in ("dino_head", "ibot_head"):
+        if name in model.student:
+            model.student[name].requires_grad_(False)
 
 
 def move_teacher(teacher: LoadedModel, device: torch.device) -> None:

@@ -281,11 +281,11 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
         if step % cfg.log_every_steps == 0 or eval_now or step == total:
             metrics.append(row)
             if info.is_main and (step % max(1, cfg.log_every_steps * 10) == 0 or step == total):
-                log(
-                    f"step {step}/{total} total={reduced['total_loss']:.4f} dino={reduced.get('dino_loss', 0):.4f} "
-                    f"ibot={reduced.get('ibot_loss', 0):.4f} koleo={reduced.get('koleo_loss', 0):.4f} "
-                    f"H(teacher)={reduced['teacher_entropy']:.3f} lr={sched['lr']:.2e} {row['images_per_s']:.1f} img/s"
-                )
+                terms_text = " ".join(f"{k.removesuffix('_loss')}={v:.4f}" for k, v in reduced.items()
+                                      if k.endswith(("_loss", "_cosine")) and k != "total_loss")
+                entropy = f" H(teacher)={reduced['teacher_entropy']:.3f}" if "teacher_entropy" in reduced else ""
+                log(f"step {step}/{total} total={reduced['total_loss']:.4f} {terms_text}{entropy} "
+                    f"lr={sched['lr']:.2e} {row['images_per_s']:.1f} img/s")
 
         if step % cfg.checkpoint.every_steps == 0 or step == total:
             extra = {"step": step, "rng": rng_state()}
@@ -310,7 +310,8 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
     return summary
 
 
-_FINAL_TERMS = ("dino_loss", "ibot_loss", "koleo_loss", "total_loss", "teacher_entropy", "teacher_batch_entropy")
+_FINAL_TERMS = ("dino_loss", "ibot_loss", "koleo_loss", "total_loss", "teacher_entropy", "teacher_batch_entropy",
+                "cls_loss", "patch_loss", "cls_cosine", "patch_cosine")
 
 
 def _tail_means(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
@@ -333,7 +334,7 @@ def _phase_summaries(phases: list[Phase], train_rows: list[dict], world_size: in
             "global_batch": p.batch_size_per_rank * world_size,
             "images_per_s": _tail_means(rows, ("images_per_s",)).get("images_per_s"),
             "peak_memory_mb": max((r.get("memory_mb") or 0) for r in rows) if rows else None,
-            "final": _tail_means(rows, ("dino_loss", "ibot_loss", "koleo_loss", "total_loss")),
+            "final": _tail_means(rows, ("dino_loss", "ibot_loss", "koleo_loss", "cls_loss", "patch_loss", "total_loss")),
         })
     return out
 

@@ -10,8 +10,10 @@ import torch
 
 from models.ssl import SSLMetaArch
 from tasks.distill.config import DistillConfig
-from tasks.distill.objective import distill_losses
-from tasks.distill.teacher import check_pair, load_teacher, move_teacher, student_train_config
+from tasks.distill.objective import distill_losses, feature_losses
+from tasks.distill.teacher import (
+    add_feature_projections, check_pair, load_teacher, move_teacher, student_train_config, uses_features,
+)
 from tasks.train.build import build_ssl
 from tasks.train.config import TrainConfig
 
@@ -53,7 +55,8 @@ class SSLObjective:
 
 
 class DistillObjective:
-    """Distillation: the student learns from a frozen teacher's head outputs; its EMA is the result.
+    """Distillation: the student learns from a frozen teacher's head outputs, or from its features
+    when it has no heads (``loss.targets``); the student's EMA is the result.
 
     The teacher is loaded and checked on construction, the student's config (``cfg``) follows from it.
     """
@@ -63,6 +66,7 @@ class DistillObjective:
     def __init__(self, cfg: DistillConfig) -> None:
         self.distill_cfg = cfg
         self.teacher = load_teacher(cfg)
+        self.features = uses_features(cfg, self.teacher)
         self.cfg = student_train_config(cfg, self.teacher)
 
     def build(self) -> SSLMetaArch:
@@ -73,12 +77,16 @@ class DistillObjective:
         # optimizer state that a resumed run would look for in the checkpoint.
         for part in (model.student, model.teacher):
             part["backbone"].mask_token.requires_grad_(False)
+        if self.features:
+            add_feature_projections(model, self.teacher)
         return model
 
     def to(self, device: torch.device) -> None:
         move_teacher(self.teacher, device)
 
     def losses(self, model: SSLMetaArch, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+        if self.features:
+            return feature_losses(model, self.teacher, batch, self.distill_cfg.loss.ibot_patches)
         return distill_losses(model, self.teacher, batch, teacher_temp, self.distill_cfg.loss.ibot_patches)
 
     def start_files(self) -> dict[str, bytes]:
@@ -89,7 +97,8 @@ class DistillObjective:
     def summary(self, model: SSLMetaArch, knn) -> dict[str, Any]:
         t = self.teacher
         return {"teacher": {"uri": self.distill_cfg.teacher.uri, "model_id": t.model_id,
-                            "params": sum(p.numel() for p in t.backbone.parameters())},
+                            "params": sum(p.numel() for p in t.backbone.parameters()),
+                            "targets": "features" if self.features else "heads"},
                 "student": {"arch": self.distill_cfg.student.arch,
                             "params": sum(p.numel() for p in model.student["backbone"].parameters())},
                 "teacher_knn": knn(t.backbone)}

@@ -75,12 +75,39 @@ def test_distills_into_a_smaller_student_whose_ema_loads(tiny_teacher, tmp_path)
         assert torch.isfinite(backbone.forward_features(torch.randn(2, 3, 28, 28))["x_norm_clstoken"]).all()
 
 
-def test_teacher_without_heads_is_refused(tiny_teacher, tmp_path):
-    backbone = lvd.load(tiny_teacher)
-    path = tmp_path / "released.pth"
-    torch.save(project_to_official(backbone), path)
-    with pytest.raises(DistillationError, match="has no DINO head"):
-        distill(distill_config(str(path)), f"file://{tmp_path}/x", log=lambda m: None)
+@pytest.fixture(scope="module")
+def official_teacher(tiny_teacher, tmp_path_factory):
+    """The vit_tiny teacher's backbone alone, saved as a released DINOv2 file (no heads)."""
+    path = tmp_path_factory.mktemp("released") / "dinov2_vittiny14_pretrain.pth"
+    torch.save(project_to_official(lvd.load(tiny_teacher)), path)
+    return str(path)
+
+
+def test_a_headless_teacher_teaches_its_features(official_teacher, tmp_path):
+    run = tmp_path / "student"
+    cfg = distill_config(official_teacher, optim=dict(total_steps=12), checkpoint=dict(every_steps=12))
+    summary = distill(cfg, f"file://{run}", log=lambda m: None)
+    assert summary["teacher"]["targets"] == "features"
+    rows = pq.read_table(run / "metrics.parquet").to_pylist()
+    assert all("dino_loss" not in r or r["dino_loss"] is None for r in rows)
+    for key in ("cls_loss", "patch_loss", "total_loss"):
+        first, last = [r[key] for r in rows[:3]], [r[key] for r in rows[-3:]]
+        assert sum(last) < 0.9 * sum(first), (key, first, last)
+    for key in ("cls_cosine", "patch_cosine"):
+        first, last = [r[key] for r in rows[:3]], [r[key] for r in rows[-3:]]
+        assert sum(last) / 3 > sum(first) / 3 + 0.1, (key, first, last)
+
+    # heads stay untrained and frozen at loss.head_prototypes; the run loads and evaluates like any other
+    _, heads = lvd.load(f"file://{run}", heads=True)
+    assert heads["dino_head"].last_layer.weight.shape[0] == 4096 and "ibot_head" not in heads
+    with pytest.raises(DistillationError, match="has no DINO head, and loss.targets=heads"):
+        distill(distill_config(official_teacher, loss=dict(targets="heads")), f"file://{tmp_path}/x", log=print)
+
+
+def test_a_teacher_with_heads_can_teach_features_too(tiny_teacher, tmp_path):
+    cfg = distill_config(tiny_teacher, loss=dict(targets="features"), optim=dict(total_steps=2))
+    summary = distill(cfg, f"file://{tmp_path}/s", log=lambda m: None)
+    assert summary["teacher"]["targets"] == "features" and summary["final"]["cls_cosine"] > -1
 
 
 def test_bad_pairs_are_refused_before_work_starts(tiny_teacher, tmp_path):

@@ -55,3 +55,35 @@ def test_lvd_evaluate_and_distill_commands_read_the_preset(prefect_backend, tmp_
     report = (tmp_path / "runs" / "lvd-demo-eval" / "summary.json").read_text()
     names = [r["model"] for r in json.loads(report)["table"]]
     assert names == ["lvd-demo-vit_pico@step-1", "pixels:28", "random:lvd-demo-vit_pico@0"]
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_lvd_distill_from_a_released_backbone_file(prefect_backend, tmp_path):
+    """`lvd distill` with a teacher saved as an official DINOv2 backbone (no heads): the student's
+    projected features turn towards the teacher's."""
+    import json
+
+    import pyarrow.parquet as pq
+    import torch
+
+    import lvd
+    from lvd.cli import main
+    from models.official_weights import project_to_official
+    from tests.distill.test_distill import write_run
+    from tests.train.conftest import tiny_config
+
+    run = write_run(tmp_path / "teacher", tiny_config(model=dict(arch="vit_tiny", drop_path_rate=0.0)))
+    official = tmp_path / "dinov2_vittiny14_pretrain.pth"
+    torch.save(project_to_official(lvd.load(run)), official)
+    assert main(["distill", "--config", "cpu-tiny", f"storage.root=file://{tmp_path}",
+                 f"distill.teacher.uri={official}", "distill.optim.total_steps=6", "distill.optim.batch_size_per_rank=16",
+                 "distill.crops.local_crops_number=2", "distill.checkpoint.every_steps=6",
+                 "distill.eval.knn_dataset=none", "distill.data.num_workers=0"]) == 0
+    out = tmp_path / "runs" / "lvd-demo-distill-vit_pico"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["teacher"]["targets"] == "features" and summary["steps"] == 6
+    rows = pq.read_table(out / "metrics.parquet").to_pylist()
+    assert rows[-1]["cls_loss"] < rows[0]["cls_loss"] and rows[-1]["patch_loss"] < rows[0]["patch_loss"]
+    assert rows[-1]["cls_cosine"] > rows[0]["cls_cosine"] and rows[-1]["patch_cosine"] > rows[0]["patch_cosine"]
+    assert lvd.load(f"file://{out}").embed_dim == 64
