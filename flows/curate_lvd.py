@@ -12,8 +12,9 @@ from flows.config import CurateConfig, PipelineConfig
 from flows.refresh import commit_version_inputs, plan_version, previous_stage
 from flows.runner import use_task_runner
 from flows.reporting import publish_curation_report, publish_stage_summary
-from flows.stages import map_parts, prefect_task, run_stage, with_effective_storage
-from lvd.config import load_config, override_model
+from flows.parameters import resolve_cfg
+from flows.stages import map_parts, prefect_task, run_stage
+from lvd.config import load_config
 from storage import uri as storage_uri
 from storage.commit import config_digest, digest_of_commit, publish_latest, read_commit, stage_uri
 from storage.shards import manifest_shards, shard_name
@@ -153,7 +154,7 @@ def curate_lvd(cfg: CurateConfig, overrides: list[str] = []) -> dict:
     ``overrides`` are dotted ``key=value`` changes (as on the CLI) applied onto ``cfg``.
     """
     logger = get_run_logger()
-    cfg = with_effective_storage(override_model(cfg, overrides))
+    cfg = resolve_cfg(cfg, overrides)
     cfg = cfg.model_copy(update={"version": resolve_version(cfg.version)})
     check_before_start(cfg)
     plan = plan_version(cfg)

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.form import add_form_positions
 from flows.reporting import _artifact_key
-from flows.stages import prefect_task, with_effective_storage
+from flows.parameters import resolve_cfg
+from flows.stages import prefect_task
 from storage.config import StorageConfig
 from tasks.distill.config import DistillConfig
 
@@ -70,9 +71,8 @@ def distill_dinov2(cfg: DistillFlowConfig = DistillFlowConfig(), overrides: list
     """
     from storage.uri import join
 
-    from lvd.config import override_model
 
-    cfg = with_effective_storage(override_model(cfg, overrides))
+    cfg = resolve_cfg(cfg, overrides)
     storage = cfg.storage
     run_uri = join(storage.root, "runs", cfg.run)
     checked = prefect_task(_check_task, name="check-teacher-student")(cfg.distill)

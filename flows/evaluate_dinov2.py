@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.form import add_form_positions
 from flows.reporting import _artifact_key, publish_picture
+from flows.parameters import resolve_cfg
 from flows.stages import prefect_task, use_storage, with_effective_storage
 from storage.config import StorageConfig
 from tasks.evaluate.config import EvaluateConfig
@@ -67,9 +68,8 @@ def evaluate_dinov2(cfg: EvaluateFlowConfig = EvaluateFlowConfig(), overrides: l
     """
     from storage.uri import join
 
-    from lvd.config import override_model
 
-    cfg = with_effective_storage(override_model(cfg, overrides))
+    cfg = resolve_cfg(cfg, overrides)
     storage = cfg.storage
     run_uri = join(storage.root, "runs", cfg.run)
     checked = prefect_task(_check_task, name="check-inputs")(cfg.evaluate)

@@ -13,9 +13,10 @@ from flows.config import PipelineConfig
 from flows.curate_lvd import curate_lvd
 from flows.distill_dinov2 import DistillFlowConfig, distill_dinov2
 from flows.evaluate_dinov2 import EvaluateFlowConfig, evaluate_dinov2
-from flows.stages import prefect_task, with_effective_storage
+from flows.parameters import resolve_cfg
+from flows.stages import prefect_task
 from flows.train_dinov2 import TrainFlowConfig, train_dinov2
-from lvd.config import load_config, override_model
+from lvd.config import load_config
 from storage.uri import join
 from tasks.train.export import export_teacher_backbone
 
@@ -52,7 +53,7 @@ def lvd_pipeline(cfg: PipelineConfig, overrides: list[str] = []) -> dict:
     ``overrides`` are dotted ``key=value`` changes (as on the CLI) applied onto ``cfg``.
     """
     logger = get_run_logger()
-    cfg = with_effective_storage(override_model(cfg, overrides))
+    cfg = resolve_cfg(cfg, overrides)
     storage = cfg.storage
     curate_cfg = cfg.curate()
     result: dict = {"dataset": cfg.dataset}

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.form import add_form_positions
 from flows.reporting import _artifact_key
-from flows.stages import prefect_task, with_effective_storage
+from flows.parameters import resolve_cfg
+from flows.stages import prefect_task
 from storage.config import StorageConfig
 from tasks.train.config import TrainConfig
 from tasks.train.report import knn_curve, knn_markdown, line_chart_png, phases_markdown
@@ -67,9 +68,8 @@ def train_dinov2(cfg: TrainFlowConfig = TrainFlowConfig(), overrides: list[str] 
     """
     from storage.uri import join
 
-    from lvd.config import override_model
 
-    cfg = with_effective_storage(override_model(cfg, overrides))
+    cfg = resolve_cfg(cfg, overrides)
     storage = cfg.storage
     run_uri = join(storage.root, "runs", cfg.run)
     summary = prefect_task(_train_task, name="train")(cfg.train, run_uri)

@@ -171,3 +171,17 @@ def override_model(cfg: M, overrides: list[str] | None) -> M:
     problems: list[str] = []
     data = apply_overrides(type(cfg), cfg.model_dump(mode="json", exclude_unset=True), overrides, problems)
     return validate(type(cfg), data, problems)
+
+
+def merge_onto(model: type[BaseModel], base: dict, change: dict) -> dict:
+    """``change`` laid over ``base``, section by section: a nested model (``crawl``, ``dedup.copy``)
+    named in ``change`` keeps the fields of ``base`` it does not name; any other value (a number, a
+    list, a mapping field) replaces the one in ``base`` whole, as a dotted override does."""
+    merged = dict(base)
+    for key, value in change.items():
+        section = _fields_of(model, [key])
+        if section is not None and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_onto(section, merged[key], value)
+        else:
+            merged[key] = value
+    return merged

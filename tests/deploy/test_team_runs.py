@@ -1,8 +1,9 @@
 """A team's use of the stack: runs that name only what they change, settings the worker's environment
 provides, and a scheduled refresh over a glob of WARC files on S3.
 
-* `prefect deployment run curate-lvd/cpu-tiny --param overrides=[...]` with no `cfg` and no storage root:
-  the overrides apply onto the deployment's preset and the dataset lands under the worker's LVD_ROOT
+* `prefect deployment run curate-lvd/cpu-tiny --params '{"cfg": {<a few fields>}, "overrides": [...]}'` with
+  no storage root: the partial cfg lays over the deployment's preset, the overrides apply on top, and the
+  dataset lands under the worker's LVD_ROOT
   (an S3 root reached through the worker's LVD_S3_ENDPOINT_URL and AWS_* keys), nothing locally.
 * A deployment set up like curate-lvd/lvd-142m (inputs: a `**` glob over WARC files under an S3 prefix,
   a schedule, version `auto` refreshing `latest`): the first fired run builds from the files there; the
@@ -48,33 +49,36 @@ def _page_rows(root: str, dataset: str, version: str) -> list[dict]:
 
 
 def test_a_run_naming_only_changes_uses_the_preset_and_the_workers_root(stack, demo, s3_env, tmp_path):
-    """No `cfg`, no storage root: the deployment's preset plus dotted overrides, stored under LVD_ROOT."""
+    """No storage root, a partial `cfg` and dotted overrides (`--params`): the partial cfg lays over the
+    deployment's preset section by section, the overrides apply on top, and the data lands under LVD_ROOT.
+    (Prefect itself replaces a top-level parameter whole: the run's `cfg` is only what it named.)"""
     web = demo.server.web
     warc = web.write_warc(tmp_path / "two-pages.warc.gz", web.pages[:2])
     version = f"overrides-{int(time.time())}"
     preset = stack.deployment(CPU_TINY)["parameters"]["cfg"]
     assert "storage" not in preset and "inputs" not in preset
-    overrides = [
-        f"version={version}", _dotted("inputs", [str(warc)]), "crawl.pages_per_part=1",
-        *(_dotted(f"crawl.{k}", v) for k, v in demo.server.crawl_settings().items()),
-        _dotted("retrieve.queries", [q.model_dump(mode="json") for q in demo.cfg.retrieve.queries]),
-        _dotted("dedup.eval_sets", demo.cfg.dedup.eval_sets), *LEAN,
-    ]
-    out = prefect_cli(stack.env, "deployment", "run", CPU_TINY, "--param", _dotted("overrides", overrides))
+    partial = {"version": version, "inputs": [str(warc)],
+               "crawl": {"pages_per_part": 1, **demo.server.crawl_settings()},
+               "dedup": {"eval_sets": demo.cfg.dedup.eval_sets}}
+    overrides = [_dotted("retrieve.queries", [q.model_dump(mode="json") for q in demo.cfg.retrieve.queries]),
+                 *LEAN]
+    out = prefect_cli(stack.env, "deployment", "run", CPU_TINY, "--params",
+                      json.dumps({"cfg": partial, "overrides": overrides}))
     run_id = re.search(r"UUID:\s*([0-9a-f-]{36})", out).group(1)
     run = stack.wait_state(run_id, FINAL, timeout=300)
     assert run["state"]["type"] == "COMPLETED", stack.log_tail("worker-lvd-cpu.log")
-    assert set(run["parameters"]) == {"cfg", "overrides"} and run["parameters"]["cfg"] == preset
+    assert run["parameters"] == {"cfg": partial, "overrides": overrides}
 
     root, dataset = stack.worker_env["LVD_ROOT"], preset["dataset"]
     assert root.startswith("s3://") and read_latest(root, dataset) == version
     crawl = _stage_config(root, dataset, version, "crawl")
-    assert crawl["pages_per_part"] == 1  # the override
+    assert crawl["pages_per_part"] == 1  # named in the partial cfg
     assert crawl["resolve"] == demo.server.crawl_settings()["resolve"]
     for key in ("max_samples_per_shard", "max_concurrency", "max_per_host", "decode_workers"):
         assert crawl[key] == preset["crawl"][key], key  # the preset's, not the model's defaults
-    assert _stage_config(root, dataset, version, "dedup")["hash_method"] == "phash"
-    assert _stage_config(root, dataset, version, "dedup")["copy_threshold"] == preset["dedup"]["copy_threshold"]
+    dedup = _stage_config(root, dataset, version, "dedup")
+    assert dedup["hash_method"] == "phash"  # an override
+    assert dedup["copy_threshold"] == preset["dedup"]["copy_threshold"]  # the preset's, beside a named field
     assert read_commit(stage_uri(root, dataset, version, "shards"))["counts"]["samples"] > 0
     assert {r["url"] for r in _page_rows(root, dataset, version)} == set(web.pages[:2])
     # the flow runs in the project directory: nothing of this version went to a local default root
