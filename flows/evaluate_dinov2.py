@@ -1,8 +1,8 @@
-"""evaluate-dinov2: k-NN, linear probes, copy detection and patch-PCA pictures, all models in one table.
+"""evaluate-dinov2: k-NN, linear probes, copy detection, patch matching and patch-PCA pictures, all models in one table.
 
 Thin orchestration: a Prefect task checks every dataset and model (before any feature is
 computed), one runs ``tasks.evaluate.run.evaluate``; artifacts are the comparison table, the
-Markdown report and the PCA pictures inline.
+Markdown report, the PCA pictures and the patch-matching pictures inline.
 """
 
 from __future__ import annotations
@@ -58,6 +58,11 @@ def publish_evaluation(summary: dict, run: str) -> None:
         publish_picture(f"evaluate-{run}-pca-{name}", f"Patch PCA: {name}", read_bytes(uri),
                         f"evaluate-dinov2 {run}: patch-feature PCA of {name}",
                         "Foreground from the first component; its top three components as RGB.")
+    for name, uri in summary.get("match_pictures", {}).items():
+        publish_picture(f"evaluate-{run}-matches-{name}", f"Patch matches: {name}", read_bytes(uri),
+                        f"evaluate-dinov2 {run}: patch matches of {name} on planted copies",
+                        "Mutual nearest neighbours of foreground patches; green within the radius of the true "
+                        "location, red not.")
 
 
 @flow(name="evaluate-dinov2")

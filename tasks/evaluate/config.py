@@ -60,6 +60,19 @@ class PcaSection(_Section):
     image_size: int = Field(224, ge=28, le=1024, description="Side of the photos fed to the model (px).")
 
 
+class PatchMatchSection(_Section):
+    enabled: bool = Field(True, description="Patch matching between photos and planted copies (mutual nearest "
+                          "neighbours of foreground patches), measured and drawn.")
+    edits: tuple[Literal["identity", "flip", "crop", "rescale"], ...] = Field(
+        ("flip", "crop", "rescale"), min_length=1,
+        description="Planted copies: horizontal flip, a 3/4 crop resized back, a ~3/4 downscale; 'identity' is a "
+        "sanity row (every kept patch matches itself).")
+    n_images: int = Field(4, ge=1, le=14, description="Photos that get copies (the PCA pictures' photos).")
+    image_size: int = Field(224, ge=28, le=1024, description="Side of the photos (px): a multiple of the patch size.")
+    radius: float = Field(1.0, ge=0, le=8, description="A match is correct within this many patches of the true "
+                          "location (Chebyshev distance).")
+
+
 class EvaluateConfig(_Section):
     """Compare checkpoints and baselines on the same data with the DINOv2 evaluation protocols."""
 
@@ -76,6 +89,8 @@ class EvaluateConfig(_Section):
     linear: LinearSection = Field(default_factory=LinearSection, description="Linear probes.")
     copy_detection: CopyDetectionSection = Field(default_factory=CopyDetectionSection, description="Copy detection.")
     pca: PcaSection = Field(default_factory=PcaSection, description="Patch-PCA pictures.")
+    patch_match: PatchMatchSection = Field(default_factory=PatchMatchSection,
+                                           description="Patch matching on planted copies (pictures and accuracy).")
     batch_size: int = Field(128, ge=1, le=4096, description="Images per forward pass.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Device: 'auto' picks CUDA when present.")
     cpu_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads on CPU (0: torch's default).")

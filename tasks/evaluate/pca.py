@@ -24,6 +24,22 @@ def _principal_axes(x: torch.Tensor, k: int) -> torch.Tensor:
     return vh[:k].T
 
 
+def foreground_masks(patch_sets: list[torch.Tensor], grids: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Patch tokens of several images ([h*w, D] each, grids may differ) -> foreground masks [h, w].
+
+    The first principal component of all their patches, pooled, thresholded at 0 and oriented so
+    that most border patches fall in the background."""
+    for patches, (h, w) in zip(patch_sets, grids, strict=True):
+        if patches.shape[0] != h * w:
+            raise ValueError(f"{patches.shape[0]} patches do not form a {h}x{w} grid")
+    flat = torch.cat([p.double() for p in patch_sets])
+    first = ((flat - flat.mean(0)) @ _principal_axes(flat, 1)[:, 0]).split([p.shape[0] for p in patch_sets])
+    maps = [f.reshape(h, w) for f, (h, w) in zip(first, grids)]
+    border = torch.cat([torch.cat([m[0], m[-1], m[1:-1, 0], m[1:-1, -1]]) for m in maps])
+    sign = -1.0 if (border > 0).double().mean() > 0.5 else 1.0
+    return [sign * m > 0 for m in maps]
+
+
 def foreground_and_rgb(patches: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Patch tokens [M, h*w, D] -> (foreground mask [M, h, w] bool, colours [M, h, w, 3] in [0, 1])."""
     m, p, d = patches.shape
@@ -31,13 +47,7 @@ def foreground_and_rgb(patches: torch.Tensor, grid: tuple[int, int]) -> tuple[to
     if h * w != p:
         raise ValueError(f"{p} patches do not form a {h}x{w} grid")
     flat = patches.reshape(-1, d).double()
-    first = (flat - flat.mean(0)) @ _principal_axes(flat, 1)[:, 0]
-    first = first.reshape(m, h, w)
-    border = torch.zeros(h, w, dtype=torch.bool)
-    border[0], border[-1], border[:, 0], border[:, -1] = True, True, True, True
-    if (first[:, border] > 0).float().mean() > 0.5:
-        first = -first
-    fg = first > 0
+    fg = torch.stack(foreground_masks(list(patches), [grid] * m))
     rgb = torch.zeros(m, h, w, 3, dtype=torch.float64)
     fg_rows = flat[fg.reshape(-1)]
     if fg_rows.shape[0] >= 2:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PERCENT = ("knn_top1", "linear_top1", "linear_heldout_top1", "copy_")
+PERCENT = ("knn_top1", "linear_top1", "linear_heldout_top1", "copy_", "patch_match_")
 
 
 def comparison_table(rows: list[dict], models) -> list[dict]:
@@ -25,8 +25,9 @@ def _cell(key: str, value) -> str:
     return str(value)
 
 
-def comparison_markdown(table: list[dict], cfg, pictures: dict[str, str]) -> str:
-    """The report: settings, the comparison table (percent), and the PCA pictures beside it."""
+def comparison_markdown(table: list[dict], cfg, pictures: dict[str, str],
+                        match_pictures: dict[str, str] | None = None) -> str:
+    """The report: settings, the comparison table (percent), the PCA and patch-matching pictures."""
     columns = [c for c in dict.fromkeys(k for row in table for k in row) if c not in ("model",)]
     head = "| model | " + " | ".join(columns) + " |"
     lines = [
@@ -35,7 +36,9 @@ def comparison_markdown(table: list[dict], cfg, pictures: dict[str, str]) -> str
         f"Image size {cfg.image_size}; k-NN: CLS after the final norm, cosine, T={cfg.knn.temperature}; linear: "
         f"CLS of the last 1/4 blocks +- mean patch, {len(cfg.linear.lrs)} learning rates, chosen on "
         f"{cfg.linear.heldout_fraction:.0%} of train held out, reported on test; copy detection: DISC21 micro-AP and "
-        "recall at precision 0.9 on the planted set. Accuracies and AP in percent.",
+        "recall at precision 0.9 on the planted set; patch matching: mutual nearest neighbours of foreground "
+        f"patches between a photo and its planted copy, share within {cfg.patch_match.radius:g} patch of the true "
+        "location (patch_match_*) and matches per pair (patch_matches_*). Accuracies and AP in percent.",
         "",
         head,
         "|---" * (len(columns) + 1) + "|",
@@ -45,4 +48,7 @@ def comparison_markdown(table: list[dict], cfg, pictures: dict[str, str]) -> str
     if pictures:
         lines += ["", "## Patch-feature PCA", ""]
         lines += [f"- {name}: ![{name}]({file})" for name, file in pictures.items()]
+    if match_pictures:
+        lines += ["", "## Patch matching (green: within the radius of the true location, red: not)", ""]
+        lines += [f"- {name}: ![{name} matches]({file})" for name, file in match_pictures.items()]
     return "\n".join(lines) + "\n"

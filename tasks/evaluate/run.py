@@ -4,7 +4,8 @@ Order matters for failures: every dataset is read and label-checked and every mo
 (architecture checked against its checkpoint) before the first feature is computed. Then each
 model's features are computed once per split and shared by k-NN, the linear probes and copy
 detection. Results go to ``{run}/results.parquet`` (one row per model, set and metric),
-``{run}/report.md``, ``{run}/pca-*.png`` and ``{run}/summary.json``.
+``{run}/report.md``, ``{run}/pca-*.png``, ``{run}/matches-*.png`` (patch matching on planted
+copies, :mod:`tasks.evaluate.patch_match`) and ``{run}/summary.json``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,12 @@ def prepare(cfg: EvaluateConfig) -> tuple[list[EvalSet], list[EvalModel]]:
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ValueError(f"the same model is listed twice: {names}")
+    if cfg.patch_match.enabled:
+        for m in models:
+            patch = m.backbone.patch_embed.patch_size if m.backbone is not None else 1
+            if cfg.patch_match.image_size % patch:
+                raise ValueError(f"patch_match.image_size {cfg.patch_match.image_size} is not a multiple of "
+                                 f"{m.name}'s patch size {patch}")
     return sets, models
 
 
@@ -99,8 +106,8 @@ def evaluate_copy_detection(models: list[EvalModel], cfg: EvaluateConfig, device
     return rows
 
 
-def pca_photos(cfg: EvaluateConfig, sets: list[EvalSet]) -> list[np.ndarray]:
-    """Packaged real photos (scikit-image and friends); without them, the first test images."""
+def report_photos(n: int, size: int, sets: list[EvalSet]) -> list[np.ndarray]:
+    """``n`` packaged real photos (scikit-image and friends) at ``size``; without them, the first test images."""
     from PIL import Image
 
     from tasks.evaluate.datasets import eval_transform
@@ -111,11 +118,40 @@ def pca_photos(cfg: EvaluateConfig, sets: list[EvalSet]) -> list[np.ndarray]:
 
         from tasks.dedup.planted import SKIMAGE_PHOTOS
 
-        for name in SKIMAGE_PHOTOS[: cfg.pca.n_images]:
+        for name in SKIMAGE_PHOTOS[:n]:
             images.append(Image.fromarray(getattr(skdata, name)()).convert("RGB"))
     except (ImportError, AttributeError, OSError):
-        images = [Image.fromarray(im) for im in sets[0].test.images[: cfg.pca.n_images]] if sets else []
-    return [eval_transform(img, cfg.pca.image_size) for img in images]
+        images = [Image.fromarray(im) for im in sets[0].test.images[:n]] if sets else []
+    return [eval_transform(img, size) for img in images]
+
+
+def pca_photos(cfg: EvaluateConfig, sets: list[EvalSet]) -> list[np.ndarray]:
+    return report_photos(cfg.pca.n_images, cfg.pca.image_size, sets)
+
+
+def evaluate_patch_matching(models: list[EvalModel], cfg: EvaluateConfig, device: torch.device,
+                            sets: list[EvalSet], log: Callable[[str], None]) -> tuple[list[dict], dict[str, bytes]]:
+    """Rows ``patch_match_<edit>`` / ``patch_matches_<edit>`` (dataset ``patch-pairs``) of every ViT, and
+    per model a PNG of the first photo's pairs."""
+    from tasks.evaluate.patch_match import accuracy_rows, match_pair, match_picture, plant
+
+    pm = cfg.patch_match
+    photos = report_photos(pm.n_images, pm.image_size, sets)
+    rows, pictures = [], {}
+    for model in models:
+        if model.backbone is None or not photos:
+            continue
+        model.backbone.to(device).eval()
+        patch = model.backbone.patch_embed.patch_size
+        results = [match_pair(model.backbone, plant(photo, edit, patch), device) for photo in photos
+                   for edit in pm.edits]
+        metrics = accuracy_rows(results, pm.radius)
+        log(f"{model.name} patch matching: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
+        detail = f'{{"photos": {len(photos)}, "radius": {pm.radius:g}}}'
+        rows += [{"model": model.name, "dataset": "patch-pairs", "metric": k, "value": v, "detail": detail}
+                 for k, v in metrics.items()]
+        pictures[model.name] = match_picture(results[: len(pm.edits)], pm.radius)
+    return rows, pictures
 
 
 def pca_pictures(models: list[EvalModel], cfg: EvaluateConfig, device: torch.device,
@@ -164,12 +200,20 @@ def evaluate(cfg: EvaluateConfig, run_uri: str, log: Callable[[str], None] = pri
     for name, png in pictures.items():
         picture_uris[name] = su.join(run_uri, f"pca-{_slug(name)}.png")
         su.write_bytes_atomic(picture_uris[name], png)
+    match_uris = {}
+    if cfg.patch_match.enabled:
+        match_rows, match_pngs = evaluate_patch_matching(models, cfg, device, sets, log)
+        rows += match_rows
+        for name, png in match_pngs.items():
+            match_uris[name] = su.join(run_uri, f"matches-{_slug(name)}.png")
+            su.write_bytes_atomic(match_uris[name], png)
 
     table = comparison_table(rows, models)
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), buf)
     su.write_bytes_atomic(su.join(run_uri, "results.parquet"), buf.getvalue())
-    markdown = comparison_markdown(table, cfg, {n: su.basename(u) for n, u in picture_uris.items()})
+    markdown = comparison_markdown(table, cfg, {n: su.basename(u) for n, u in picture_uris.items()},
+                                   {n: su.basename(u) for n, u in match_uris.items()})
     su.write_bytes_atomic(su.join(run_uri, "report.md"), markdown.encode())
     summary = {
         "run_uri": run_uri,
@@ -180,6 +224,7 @@ def evaluate(cfg: EvaluateConfig, run_uri: str, log: Callable[[str], None] = pri
         "results_uri": su.join(run_uri, "results.parquet"),
         "report_uri": su.join(run_uri, "report.md"),
         "pictures": picture_uris,
+        "match_pictures": match_uris,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     su.write_bytes_atomic(su.join(run_uri, "summary.json"), json.dumps(summary, indent=1).encode())
