@@ -15,12 +15,33 @@ import os
 from pydantic import BaseModel, ConfigDict, Field
 
 ENDPOINT_ENV_VARS = ("LVD_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+# The fields a variable of their own sets (endpoint, profile and region follow the AWS chain).
+FIELD_ENV_VARS = {
+    "root": "LVD_ROOT",
+    "connect_timeout": "LVD_S3_CONNECT_TIMEOUT",
+    "read_timeout": "LVD_S3_READ_TIMEOUT",
+    "max_attempts": "LVD_S3_MAX_ATTEMPTS",
+    "multipart_chunksize": "LVD_S3_MULTIPART_CHUNKSIZE",
+    "min_transfer_rate": "LVD_S3_MIN_TRANSFER_RATE",
+}
+
+
+def _no_schema_defaults(schema: dict) -> None:
+    """Every field here can come from the worker's environment, and a value a run names wins over it. A
+    form fills each default its schema shows into the run's parameters (the Prefect UI does), so a
+    default in the schema would name `file://./lvd-data` and hide the worker's LVD_ROOT: the schema
+    shows none (the fields keep their defaults; each description says what an empty field means)."""
+    for name, prop in (schema.get("properties") or {}).items():
+        default = prop.pop("default", None)
+        if name in FIELD_ENV_VARS:
+            prop["description"] = (f"{prop.get('description', '')} Empty: the worker's {FIELD_ENV_VARS[name]}, "
+                                   f"else {default}.").strip()
 
 
 class StorageConfig(BaseModel):
     """Where datasets and runs are stored, and the S3 client's patience."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_no_schema_defaults)
 
     root: str = Field(
         "file://./lvd-data",
@@ -69,17 +90,9 @@ class StorageConfig(BaseModel):
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         if region:
             values["region"] = region
-        for field, var in (
-            ("connect_timeout", "LVD_S3_CONNECT_TIMEOUT"),
-            ("read_timeout", "LVD_S3_READ_TIMEOUT"),
-            ("max_attempts", "LVD_S3_MAX_ATTEMPTS"),
-            ("multipart_chunksize", "LVD_S3_MULTIPART_CHUNKSIZE"),
-            ("min_transfer_rate", "LVD_S3_MIN_TRANSFER_RATE"),
-        ):
+        for field, var in FIELD_ENV_VARS.items():
             if os.environ.get(var):
                 values[field] = os.environ[var]
-        if os.environ.get("LVD_ROOT"):
-            values["root"] = os.environ["LVD_ROOT"]
         values.update(overrides)
         return cls.model_validate(values)
 

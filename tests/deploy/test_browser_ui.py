@@ -1,5 +1,6 @@
 """The Prefect UI in a real browser (Debian's headless Chromium, loopback only): the typed curate-lvd
-form, a run started from it, and the run's artifacts (stage-count table, inline pictures)."""
+form (null choices labelled with their meaning, no storage default to fill in), a run started from it
+that lands under the worker's LVD_ROOT, and the run's artifacts (stage-count table, inline pictures)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,9 @@ import pytest
 
 from flows.config import CurateConfig
 from flows.deployments import parameters_for, DEPLOYMENTS
+from flows.form import null_choice_label
+from flows.runner import RunnerConfig
+from storage.commit import read_commit, stage_uri
 from tasks.dedup.config import DedupConfig
 from tests.deploy.conftest import CPU_TINY
 from tests.support.prefect_stack import REPO
@@ -81,10 +85,12 @@ def section_titles() -> list[str]:
 
 @pytest.fixture
 def demo_deployment(stack, demo):
-    """cpu-tiny's default parameters pointed at the demo web and the stack's bucket (as a team sets its
-    deployment's defaults), restored afterwards."""
+    """cpu-tiny's default parameters pointed at the demo web (as a team sets its deployment's defaults),
+    with no storage: the worker's LVD_ROOT (the stack's bucket) decides. Restored afterwards."""
     dep = stack.deployment(CPU_TINY)
-    stack.request("PATCH", f"/deployments/{dep['id']}", {"parameters": demo.params(version="v1")})
+    params = demo.params(version="v1")
+    del params["cfg"]["storage"]
+    stack.request("PATCH", f"/deployments/{dep['id']}", {"parameters": params})
     try:
         yield dep
     finally:
@@ -92,7 +98,7 @@ def demo_deployment(stack, demo):
         stack.request("PATCH", f"/deployments/{dep['id']}", {"parameters": original})
 
 
-def test_custom_run_form_to_artifacts(stack, demo, demo_deployment, page):
+def test_custom_run_form_to_artifacts(stack, demo, demo_deployment, page, s3_env):
     ui = stack.ui_url
     page.goto(f"{ui}/v2/deployments/deployment/{demo_deployment['id']}")
     page.get_by_text("flows/curate_lvd.py:curate_lvd").first.wait_for()
@@ -116,6 +122,13 @@ def test_custom_run_form_to_artifacts(stack, demo, demo_deployment, page):
     options = page.get_by_role("option").all_inner_texts()
     assert options == DedupConfig.model_json_schema()["properties"]["hash_method"]["enum"], options
     page.keyboard.press("Escape")
+    # a field whose None means something offers that meaning, not a bare 'Property is type "None"'
+    max_workers = field_box(page, "Max Workers")
+    max_workers.get_by_role("tab", name=null_choice_label(
+        RunnerConfig.model_fields["max_workers"].description)).wait_for()
+    assert "Prefect's default" in max_workers.inner_text()
+    # storage fields show no default to fill in: an empty root is the worker's LVD_ROOT
+    assert field_box(page, "Root").locator("textarea, input").first.input_value() == ""
     shot(page, "custom-run-form.png")
 
     version = field_box(page, "Version").locator("textarea, input").first
@@ -127,11 +140,16 @@ def test_custom_run_form_to_artifacts(stack, demo, demo_deployment, page):
     run = stack.flow_run(run_id)
     assert run["parameters"]["cfg"]["version"] == "ui-form"
     assert run["parameters"]["cfg"]["crawl"]["pages_per_part"] == demo.cfg.crawl.pages_per_part
+    # the form names no storage setting of its own, so none hides the worker's environment
+    assert not run["parameters"]["cfg"].get("storage"), run["parameters"]["cfg"].get("storage")
 
     t = time.monotonic()
     run = stack.wait_state(run_id, {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}, timeout=300)
     assert run["state"]["type"] == "COMPLETED", stack.log_tail("worker-lvd-cpu.log")
     print(f"run started from the form finished in {time.monotonic() - t:.0f} s")
+    root = stack.worker_env["LVD_ROOT"]
+    assert read_commit(stage_uri(root, demo.cfg.dataset, "ui-form", "shards"))["counts"]["samples"] > 0
+    assert not (REPO / "lvd-data" / demo.cfg.dataset / "ui-form").exists()
 
     artifacts = stack.artifacts(run_id)
     table = next(a for a in artifacts if a["type"] == "table" and "counts" in a["key"])

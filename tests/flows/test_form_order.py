@@ -85,3 +85,39 @@ def test_run_flows_start_with_storage(flow_module, model):
     cls = getattr(importlib.import_module(flow_module), model)
     props = jsonb(cls.model_json_schema())["properties"]
     assert ui_order(props)[0] == "storage"
+
+
+def test_null_choices_say_what_none_means(curate_schema):
+    """A `X | None` field is a choice of tabs in the UI, labelled by each branch's title: the null one
+    says what None means (from the field's description), not only 'Property is type "None"'."""
+    from flows.form import null_choice_label
+
+    defs = curate_schema["definitions"]
+    labels = {}
+    for model, schema in defs.items():
+        for name, prop in (schema.get("properties") or {}).items():
+            for branch in prop.get("anyOf") or []:
+                if branch.get("type") == "null":
+                    labels[f"{model}.{name}"] = branch.get("title")
+    assert labels and None not in labels.values(), [k for k, v in labels.items() if v is None]
+    assert labels["CrawlConfig.decode_workers"] == "Default: one per CPU core"
+    assert labels["StorageConfig.endpoint_url"] == "Default: AWS"
+    assert labels["RefreshConfig.from_version"] == "Default: a full build from every input"
+    assert labels["RunnerConfig.address"] == "Default: starts a local cluster for the run"
+    assert labels["DedupConfig.copy_model"] == "None: skip copy detection"  # None is a choice, not the default
+    assert all(len(v) <= len("Default: ") + 48 for v in labels.values()), labels
+    assert null_choice_label("Threads; None: Prefect's default (see its docs).") == "Default: Prefect's default (see its docs)"
+    assert null_choice_label("A column, if any.") == "Default"
+
+
+def test_storage_shows_no_default_a_form_would_send(curate_schema):
+    """The UI fills each default its schema shows into the run's parameters, and a storage value a run
+    names wins over the worker's LVD_ROOT / LVD_S3_*: so storage shows none, and says what empty means."""
+    from storage.config import FIELD_ENV_VARS, StorageConfig
+
+    storage = curate_schema["definitions"]["StorageConfig"]["properties"]
+    assert [k for k, p in storage.items() if "default" in p] == []
+    assert "Empty: the worker's LVD_ROOT, else file://./lvd-data." in storage["root"]["description"]
+    for name, var in FIELD_ENV_VARS.items():
+        assert var in storage[name]["description"] and name in StorageConfig.model_fields
+    assert StorageConfig().root == "file://./lvd-data"  # the model keeps its defaults
