@@ -35,6 +35,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--root", default="/tmp/lvd-patch-distill")
     ap.add_argument("--distill-steps", type=int, default=100)
+    ap.add_argument("--skip-patch-matching", action="store_true")
+    ap.add_argument("--targets", choices=["features", "heads"], default="features",
+                    help="features: distil the headless official-format file; heads: the run itself, with its heads "
+                    "(the paper's recipe, for comparison)")
     args = ap.parse_args()
     root = f"file://{args.root}"
     cfg = load_config(PipelineConfig, "cpu-tiny", ["train.eval.knn_dataset=none", f"storage.root={root}"])
@@ -44,7 +48,7 @@ def main() -> None:
         summary = run_training(cfg.train, run, log=lambda m: None)
         print(f"trained {summary['steps']} steps in {time.perf_counter() - t0:.0f} s, final {summary['final']}")
 
-    for size in (112, 224):
+    for size in () if args.skip_patch_matching else (112, 224):
         ecfg = EvaluateConfig(models=[run], baselines=[f"random:{run}"],
                               datasets=[EvalSetConfig(train_size=100, test_size=50)], image_size=56,
                               knn=dict(enabled=False), linear=dict(enabled=False), pca=dict(enabled=False),
@@ -58,17 +62,18 @@ def main() -> None:
 
     official = f"{args.root}/dinov2_vitpico14_pretrain.pth"
     torch.save(project_to_official(lvd.load(run)), official)
-    dcfg = load_config(PipelineConfig, "cpu-tiny", [f"distill.teacher.uri={official}",
+    teacher = official if args.targets == "features" else run
+    dcfg = load_config(PipelineConfig, "cpu-tiny", [f"distill.teacher.uri={teacher}",
                                                     f"distill.optim.total_steps={args.distill_steps}",
                                                     "distill.eval.knn_every_steps=0"]).distill
-    student = f"{root}/runs/demo-distill-released"
+    student = f"{root}/runs/demo-distill-{args.targets}"
     t1 = time.perf_counter()
     summary = distill(dcfg, student, log=lambda m: None)
-    rows = pq.read_table(f"{args.root}/runs/demo-distill-released/metrics.parquet").to_pylist()
-    rows = [r for r in rows if r.get("cls_loss") is not None]
+    rows = pq.read_table(f"{args.root}/runs/demo-distill-{args.targets}/metrics.parquet").to_pylist()
+    rows = [r for r in rows if r.get("total_loss") is not None]
+    keys = ("total_loss", "cls_loss", "patch_loss", "cls_cosine", "patch_cosine", "dino_loss", "ibot_loss")
     for r in rows[:1] + rows[len(rows) // 2 : len(rows) // 2 + 1] + rows[-1:]:
-        print(f"distill step {r['step']}: total={r['total_loss']:.4f} cls={r['cls_loss']:.4f} "
-              f"patch={r['patch_loss']:.4f} cls_cos={r['cls_cosine']:.3f} patch_cos={r['patch_cosine']:.3f}")
+        print(f"distill step {r['step']}: " + " ".join(f"{k}={r[k]:.4f}" for k in keys if r.get(k) is not None))
     print(f"distilled {summary['steps']} steps in {time.perf_counter() - t1:.0f} s; targets "
           f"{summary['teacher']['targets']}")
     print("teacher k-NN", json.dumps(summary["teacher_knn"]))
