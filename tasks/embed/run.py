@@ -88,6 +88,18 @@ def _pool_items(shard_url: str, keep: frozenset[str] | None) -> Iterable[tuple[s
             yield key, data
 
 
+def write_pool_shard(stage_uri: str, index: int, keys: list[str], shard_name: str, vectors: np.ndarray) -> None:
+    """Write pool shard ``index``'s vectors (stored float16) and ids, the files every reader of the pool reads."""
+    if vectors.ndim != 2 or vectors.shape[0] != len(keys):
+        raise ValueError(f"pool shard {index}: {vectors.shape} vectors for {len(keys)} keys")
+    write_bytes_atomic(join(stage_uri, f"embeddings-{index:06d}.npy"), _npy_bytes(vectors.astype(np.float16)))
+    write_table(
+        join(stage_uri, f"ids-{index:06d}.parquet"),
+        pa.table({"key": pa.array(keys, pa.string()), "shard": pa.array([shard_name] * len(keys), pa.string())}),
+        SCHEMAS["embed.ids"],
+    )
+
+
 def embed_shard(
     shard_url: str,
     keys_to_keep: Iterable[str] | None,
@@ -114,12 +126,7 @@ def embed_shard(
     )
     seconds = time.perf_counter() - start
     shard_name = basename(shard_url)
-    write_bytes_atomic(join(stage_uri, f"embeddings-{i:06d}.npy"), _npy_bytes(vectors.astype(np.float16)))
-    write_table(
-        join(stage_uri, f"ids-{i:06d}.parquet"),
-        pa.table({"key": pa.array(keys, pa.string()), "shard": pa.array([shard_name] * len(keys), pa.string())}),
-        SCHEMAS["embed.ids"],
-    )
+    write_pool_shard(stage_uri, i, keys, shard_name, vectors)
     summary = {
         "part": part,
         "shard": shard_name,
@@ -140,6 +147,20 @@ def _query_items(qs: QuerySetConfig) -> Iterable[tuple[str, bytes]]:
         yield json.dumps([img.id, img.label]), img.data
 
 
+def write_query_embeddings(stage_uri: str, name: str, ids: list[str], labels: list[str | None],
+                           vectors: np.ndarray) -> None:
+    """Write query set ``name``'s vectors (stored float16) and ids under ``queries/{name}/``."""
+    if vectors.ndim != 2 or not vectors.shape[0] == len(ids) == len(labels):
+        raise ValueError(f"query set {name!r}: {vectors.shape} vectors for {len(ids)} ids and {len(labels)} labels")
+    base = join(stage_uri, "queries", name)
+    write_bytes_atomic(join(base, "embeddings.npy"), _npy_bytes(vectors.astype(np.float16)))
+    write_table(
+        join(base, "ids.parquet"),
+        pa.table({"id": pa.array(ids, pa.string()), "label": pa.array(labels, pa.string())}),
+        SCHEMAS["embed.query_ids"],
+    )
+
+
 def embed_query_set(qs: QuerySetConfig, stage_uri: str, cfg: EmbedConfig, *, embedder: Embedder | None = None) -> dict:
     """Embed one curated query set into ``queries/{name}/``; QuerySetError if it is missing or empty."""
     part = f"queries-{qs.name}"
@@ -155,13 +176,7 @@ def embed_query_set(qs: QuerySetConfig, stage_uri: str, cfg: EmbedConfig, *, emb
     failed = [json.loads(k)[0] for k in failed]
     if not ids:
         raise QuerySetError(f"query set {qs.name!r}: none of its images could be decoded ({len(failed)} failed)")
-    base = join(stage_uri, "queries", qs.name)
-    write_bytes_atomic(join(base, "embeddings.npy"), _npy_bytes(vectors.astype(np.float16)))
-    write_table(
-        join(base, "ids.parquet"),
-        pa.table({"id": pa.array(ids, pa.string()), "label": pa.array([labels.get(k) for k in ids], pa.string())}),
-        SCHEMAS["embed.query_ids"],
-    )
+    write_query_embeddings(stage_uri, qs.name, ids, [labels.get(k) for k in ids], vectors)
     summary = {
         "part": part,
         "name": qs.name,
