@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -183,21 +184,37 @@ def conform(uri: str, table: pa.Table | list[dict], schema: pa.Schema) -> pa.Tab
 
 def write_table(uri: str, table: pa.Table | list[dict], schema: pa.Schema) -> None:
     """Check ``table`` against ``schema`` and write it as Parquet; readers never see a partial file."""
-    table = conform(uri, table, schema)
+    write_table_parts(uri, [table], schema)
+
+
+def write_table_parts(uri: str, parts: Iterable[pa.Table | list[dict]], schema: pa.Schema) -> int:
+    """Write the parts one after another as one Parquet file (each checked against ``schema``), holding
+    one part in memory at a time; readers never see a partial file. Returns the rows written."""
     _, path = open_fs(uri)
+    rows = 0
+
+    def write(target: str) -> None:
+        nonlocal rows
+        with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+            for part in parts:
+                part = conform(uri, part, schema)
+                writer.write_table(part)
+                rows += part.num_rows
+
     if scheme_of(uri) == "file":
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = _local_temp_name(path)
         try:
-            pq.write_table(table, tmp, compression="zstd")
+            write(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        return
+        return rows
     with tempfile.NamedTemporaryFile(suffix=".parquet", dir=os.environ.get("LVD_SPOOL_DIR")) as spool:
-        pq.write_table(table, spool.name, compression="zstd")
+        write(spool.name)
         put_file_atomic(spool.name, uri)
+    return rows
 
 
 def read_table(uri: str, schema: pa.Schema | None = None) -> pa.Table:

@@ -17,16 +17,17 @@ import io
 import json
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from storage.commit import commit_stage, config_digest, mark_part_done, part_done, read_commit
 from storage.shards import iter_samples
 from storage.tables import SCHEMAS, read_table, write_table
-from storage.uri import basename, join, list_files, read_bytes, write_bytes_atomic
+from storage.uri import basename, join, list_files, open_fs, open_input, read_bytes, scheme_of, write_bytes_atomic
 from tasks.embed.backbone import Embedder, embedder_from_config
 from tasks.embed.config import EmbedConfig
 from tasks.embed.loader import embed_items
@@ -241,26 +242,164 @@ class Embeddings:
         return int(self.vectors.shape[1])
 
 
-def load_pool_embeddings(stage_uri: str, *, require_commit: bool = True) -> Embeddings:
-    """All pool embeddings of a (committed) embed stage, in shard order."""
+@dataclass(frozen=True)
+class PoolShard:
+    """One pool shard of an embed stage: its files and where its rows sit in the pool's row order."""
+
+    number: str  # the ``{i:06d}`` of embeddings-{i}.npy
+    vectors_uri: str
+    ids_uri: str
+    start: int
+    rows: int
+
+
+def _npy_header(uri: str) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file, read from its header only."""
+    with open_input(uri) as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(f)
+    return shape, dtype
+
+
+def _ids_rows(uri: str) -> int:
+    with open_input(uri) as f:
+        return pq.ParquetFile(f).metadata.num_rows
+
+
+class PoolEmbeddings:
+    """The pool vectors of an embed stage, read shard by shard and never concatenated.
+
+    Rows are numbered in shard order (the order of ``embeddings-{i}.npy`` names). Local shards are
+    memory-mapped, and the map is dropped after each use, so resident memory stays at one shard's
+    worth; a remote shard is read whole when used (the last one is kept). Every accessor returns
+    float32.
+    """
+
+    def __init__(self, stage_uri: str, shards: list[PoolShard], dim: int):
+        self.stage_uri = stage_uri
+        self.shards = shards
+        self.dim = dim
+        self._starts = np.array([s.start for s in shards] + [sum(s.rows for s in shards)], np.int64)
+        self._cached: tuple[str, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.dim)
+
+    def shard_vectors(self, shard: PoolShard) -> np.ndarray:
+        """The stored (float16) vectors of one shard: a read-only memory map where local."""
+        if scheme_of(shard.vectors_uri) == "file":
+            return np.load(open_fs(shard.vectors_uri)[1], mmap_mode="r", allow_pickle=False)
+        if self._cached is None or self._cached[0] != shard.vectors_uri:
+            self._cached = (shard.vectors_uri, _read_npy(shard.vectors_uri))
+        return self._cached[1]
+
+    def shard_ids(self, shard: PoolShard) -> pa.Table:
+        return read_table(shard.ids_uri)
+
+    def iter_blocks(self, batch_size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 vectors) per shard, or per at most ``batch_size`` rows of a shard."""
+        for shard in self.shards:
+            if shard.rows == 0:
+                continue
+            x = self.shard_vectors(shard)
+            step = shard.rows if batch_size is None else batch_size
+            for s in range(0, shard.rows, step):
+                yield shard.start + s, np.asarray(x[s : s + step], np.float32)
+            del x
+
+    def _by_shard(self, rows: np.ndarray) -> Iterator[tuple[PoolShard, np.ndarray, np.ndarray]]:
+        """(shard, positions in ``rows``, local rows) for every shard that ``rows`` touch."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"{self.stage_uri}: pool rows must lie in [0, {len(self)}), got "
+                             f"[{rows.min()}, {rows.max()}]")
+        order = np.argsort(rows, kind="stable")
+        which = np.searchsorted(self._starts, rows[order], side="right") - 1
+        bounds = np.searchsorted(which, np.arange(len(self.shards) + 1))
+        for j in np.flatnonzero(np.diff(bounds)):
+            pos = order[bounds[j] : bounds[j + 1]]
+            yield self.shards[j], pos, rows[pos] - self.shards[j].start
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """float32 vectors of pool ``rows`` (any order, repeats allowed), gathered shard by shard."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        out = np.empty((rows.size, self.dim), np.float32)
+        for shard, pos, local in self._by_shard(rows):
+            x = self.shard_vectors(shard)
+            out[pos] = x[local]
+            del x
+        return out
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, slice):
+            return self.take(np.arange(len(self))[rows])
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if rows.shape != (len(self),):
+                raise IndexError(f"boolean mask of shape {rows.shape} for a pool of {len(self)} rows")
+            rows = np.flatnonzero(rows)
+        return self.take(rows)
+
+    def ids_at(self, rows: np.ndarray) -> tuple[list[str], list[str]]:
+        """(keys, crawl shard names) of pool ``rows``, in the order given."""
+        rows = np.asarray(rows, np.int64).reshape(-1)
+        keys: list = [None] * rows.size
+        names: list = [None] * rows.size
+        for shard, pos, local in self._by_shard(rows):
+            table = self.shard_ids(shard)
+            k, n = table.column("key").to_pylist(), table.column("shard").to_pylist()
+            for p, r in zip(pos.tolist(), local.tolist()):
+                keys[p], names[p] = k[r], n[r]
+        return keys, names
+
+
+def open_pool_embeddings(stage_uri: str, *, require_commit: bool = True) -> PoolEmbeddings:
+    """The pool of a (committed) embed stage; reads only file headers, checking every shard's rows and width."""
     if require_commit:
         read_commit(stage_uri)
-    arrays, keys, shards = [], [], []
+    shards, dims, start = [], set(), 0
     for uri in list_files(stage_uri, ".npy"):
         name = basename(uri)
         if not name.startswith("embeddings-"):
             continue
-        i = name[len("embeddings-") : -len(".npy")]
-        x = _read_npy(uri)
-        table = read_table(join(stage_uri, f"ids-{i}.parquet"))
-        if table.num_rows != x.shape[0]:
-            raise ValueError(f"{uri}: {x.shape[0]} vectors but {table.num_rows} ids")
-        arrays.append(x)
-        keys.extend(table.column("key").to_pylist())
-        shards.extend(table.column("shard").to_pylist())
-    if not arrays:
+        number = name[len("embeddings-") : -len(".npy")]
+        ids_uri = join(stage_uri, f"ids-{number}.parquet")
+        shape, dtype = _npy_header(uri)
+        rows = _ids_rows(ids_uri)
+        if shape[:1] != (rows,) or (rows and len(shape) != 2):
+            raise ValueError(f"{uri}: vectors of shape {shape} but {rows} ids")
+        if dtype.kind != "f":
+            raise ValueError(f"{uri}: vectors are {dtype}, not floating point")
+        if rows:
+            dims.add(int(shape[1]))
+        shards.append(PoolShard(number, uri, ids_uri, start, rows))
+        start += rows
+    if not shards:
         raise ValueError(f"{stage_uri}: holds no pool embeddings")
-    return Embeddings(np.concatenate(arrays).astype(np.float32), keys, shards)
+    if len(dims) > 1:
+        raise EmbeddingMismatch(f"{stage_uri}: pool shards have different widths {sorted(dims)}")
+    return PoolEmbeddings(stage_uri, shards, dims.pop() if dims else 0)
+
+
+def gather(x: "np.ndarray | PoolEmbeddings", rows: np.ndarray) -> np.ndarray:
+    """float32 rows of an in-memory array or of a sharded pool."""
+    if isinstance(x, PoolEmbeddings):
+        return x.take(rows)
+    return np.ascontiguousarray(x[np.asarray(rows, np.int64)], np.float32)
+
+
+def row_blocks(x: "np.ndarray | PoolEmbeddings", batch_size: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, float32 block of at most ``batch_size`` rows) over an array or a sharded pool (per shard)."""
+    if isinstance(x, PoolEmbeddings):
+        yield from x.iter_blocks(batch_size)
+        return
+    for s in range(0, x.shape[0], batch_size):
+        yield s, np.ascontiguousarray(x[s : s + batch_size], np.float32)
 
 
 def load_query_embeddings(stage_uri: str, name: str) -> Embeddings:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from tasks.embed.run import PoolEmbeddings, gather, row_blocks
 from tasks.retrieve.config import BalancedConfig
-from tasks.retrieve.kmeans import KMeansError, assign, gpu_available, normalise_rows
+from tasks.retrieve.kmeans import KMeansError, assign, gpu_available, normalise_rows, sample_rows
 
 
 @dataclass
@@ -74,14 +75,16 @@ def fit(x: np.ndarray, k: int, cfg: BalancedConfig, seed: int, use_gpu: bool,
     return normalise_rows(km.centroids) if cfg.distance == "cosine" else np.array(km.centroids, np.float32)
 
 
-def cosine_to_centroid(x: np.ndarray, centroids: np.ndarray, labels: np.ndarray, batch: int = 65_536) -> np.ndarray:
-    """Cosine similarity of every row to its own centroid. For unit rows it orders a cluster's members
-    exactly as the L2 distance to the cluster's mean does, and it is what the selection records."""
+def cosine_to_centroid(x: np.ndarray | PoolEmbeddings, centroids: np.ndarray, labels: np.ndarray,
+                       batch: int = 65_536) -> np.ndarray:
+    """Cosine similarity of every row to its own centroid, block by block. For unit rows it orders a
+    cluster's members exactly as the L2 distance to the cluster's mean does, and it is what the
+    selection records."""
     unit = normalise_rows(centroids)
     out = np.empty(x.shape[0], np.float32)
-    for start in range(0, x.shape[0], batch):
-        rows = normalise_rows(x[start:start + batch])
-        out[start:start + batch] = np.einsum("nd,nd->n", rows, unit[labels[start:start + batch]])
+    for start, block in row_blocks(x, batch):
+        stop = start + len(block)
+        out[start:stop] = np.einsum("nd,nd->n", normalise_rows(block), unit[labels[start:stop]])
     return out
 
 
@@ -115,11 +118,21 @@ def _split(points: np.ndarray, coarse: np.ndarray, cfg: BalancedConfig, seed: in
     return np.concatenate(parts)
 
 
-def hierarchical_kmeans(x: np.ndarray, cfg: BalancedConfig, use_gpu: bool = True) -> Hierarchy:
-    """Cluster ``x`` level by level as ``cfg.levels`` says (finest first)."""
-    if cfg.levels[0] > x.shape[0]:
-        raise KMeansError(f"balanced.levels[0]={cfg.levels[0]} clusters is larger than the pool ({x.shape[0]} vectors)")
-    points = np.ascontiguousarray(x, np.float32)
+def hierarchical_kmeans(x: np.ndarray | PoolEmbeddings, cfg: BalancedConfig, use_gpu: bool = True,
+                        train_sample: int | None = None) -> Hierarchy:
+    """Cluster ``x`` (an array or a sharded pool) level by level as ``cfg.levels`` says (finest first).
+
+    The first level is fitted (seeded, then split or resampled) on a seeded sample of at most
+    ``train_sample`` pool vectors (None, or a smaller pool: all of them), and then the whole pool is
+    assigned to it block by block (per shard of a sharded pool): only each image's label and cosine
+    to its centroid are held. The levels above cluster centroids, which fit in memory.
+    """
+    n = x.shape[0]
+    if cfg.levels[0] > n:
+        raise KMeansError(f"balanced.levels[0]={cfg.levels[0]} clusters is larger than the pool ({n} vectors)")
+    idx = sample_rows(n, None if train_sample is None else max(train_sample, cfg.levels[0]),
+                      np.random.default_rng([cfg.seed, 1]))
+    points = gather(x, np.arange(n) if idx is None else idx)
     steps, sizes = cfg.per_level("resampling_steps"), cfg.per_level("resample_size")
     centroids_per_level, labels_per_level = [], []
     pool_sims = None
@@ -134,9 +147,9 @@ def hierarchical_kmeans(x: np.ndarray, cfg: BalancedConfig, use_gpu: bool = True
             size = sizes[level] if sizes[level] is not None else points.shape[0] // (2 * k)
             if steps[level] and size > 1:
                 centroids = _resample(points, centroids, size, steps[level], cfg, seed, use_gpu)
-        labels, _ = assign(points, centroids, distance=cfg.distance)
+        labels, _ = assign(x if level == 0 else points, centroids, distance=cfg.distance)
         if level == 0:
-            pool_sims = cosine_to_centroid(points, centroids, labels)
+            pool_sims = cosine_to_centroid(x, centroids, labels)
         centroids_per_level.append(centroids)
         labels_per_level.append(labels)
         points = centroids

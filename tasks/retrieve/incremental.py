@@ -20,7 +20,7 @@ import numpy as np
 
 from storage.commit import begin_stage, commit_stage, read_commit
 from storage.uri import join, write_bytes_atomic
-from tasks.embed.run import EmbeddingMismatch, load_pool_embeddings, load_query_embeddings
+from tasks.embed.run import EmbeddingMismatch, load_query_embeddings, open_pool_embeddings
 from tasks.retrieve.config import RetrieveConfig
 from tasks.retrieve.index import build_index
 from tasks.retrieve.kmeans import assign
@@ -48,7 +48,7 @@ def run_refresh_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConf
         raise ValueError(f"retrieve.strategy {cfg.strategy!r}: a refresh supports only the 'retrieval' strategy")
     earlier = read_commit(previous).get("extra", {})
     embed_commit = read_commit(embed_stage_uri)
-    pool = load_pool_embeddings(embed_stage_uri, require_commit=False)
+    pool = open_pool_embeddings(embed_stage_uri, require_commit=False)
     queries = {qs.name: load_query_embeddings(embed_stage_uri, qs.name) for qs in cfg.queries}
     was = (earlier.get("model_id"), earlier.get("checksum"))
     now = (embed_commit.get("extra", {}).get("model_id"), embed_commit.get("extra", {}).get("checksum"))
@@ -62,12 +62,12 @@ def run_refresh_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConf
                                     f"{centroids.shape[1]}-d")
     begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg)
     start = time.perf_counter()
-    labels, pool_sims = assign(pool.vectors, centroids) if len(pool) else (np.zeros(0, np.int64),
+    labels, pool_sims = assign(pool, centroids) if len(pool) else (np.zeros(0, np.int64),
                                                                           np.zeros(0, np.float32))
     so_far = earlier.get("selected_so_far") or {}
     picks: list[Picks] = []
     caps: list[int | None] = []
-    built = build_index(pool.vectors, cfg.index) if len(pool) and any(
+    built = build_index(pool, cfg.index) if len(pool) and any(
         qs.rule == "sample" for qs in cfg.queries) else None
     for qs in cfg.queries:
         q = queries[qs.name].vectors
@@ -76,7 +76,7 @@ def run_refresh_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConf
             picks.append(sample_rule_after(qs, q, built, bar))
         elif qs.rule == "cluster" and len(pool):
             taken = read_state(previous, "taken", qs.name, np.zeros(centroids.shape[0], np.int64))
-            picks.append(cluster_rule(qs, q, pool.vectors, centroids, labels, cfg.kmeans.seed, taken))
+            picks.append(cluster_rule(qs, q, pool, centroids, labels, cfg.kmeans.seed, taken))
         else:
             continue
         caps.append(_remaining(qs.cap, int(so_far.get(qs.name, 0))))

@@ -2,8 +2,9 @@
 
 Small pools get exact search (``IndexFlatIP``); large ones the configured compressed index
 (IVF-PQ with 4-bit fast-scan codes by default, polysemous training off since it costs minutes
-on CPU and is unused for inner-product search). Recall@k against exact search on a sample
-says what the compression costs.
+on CPU and is unused for inner-product search), trained on a seeded sample of the pool and filled
+shard by shard, so only the codes stay in memory. Recall@k against exact search on a bounded,
+seeded sample of the pool says what the compression costs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from tasks.embed.run import PoolEmbeddings, gather, row_blocks
 from tasks.retrieve.config import IndexConfig
+from tasks.retrieve.kmeans import sample_rows
 
 
 def _f32(x: np.ndarray) -> np.ndarray:
@@ -68,12 +71,13 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> None:
 
 @dataclass
 class BuiltIndex:
-    """A filled index plus how it was made."""
+    """A filled index plus how it was made (``trained``: an empty copy of it after training)."""
 
     index: faiss.Index
     factory: str
     train_seconds: float
     add_seconds: float
+    trained: faiss.Index | None = None
 
     def search(self, queries: np.ndarray, k: int, batch_size: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (similarities, pool rows) per query; rows are -1 where fewer than k were found."""
@@ -85,31 +89,47 @@ class BuiltIndex:
         return sims, ids
 
 
-def build_index(x: np.ndarray, cfg: IndexConfig, add_batch: int = 262_144) -> BuiltIndex:
-    """Train (on a seeded sample) and fill the index for pool vectors ``x``."""
+def _configure(index: faiss.Index, cfg: IndexConfig) -> None:
+    set_nprobe(index, cfg.nprobe)
+    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
+        faiss.downcast_index(index).k_factor = cfg.refine_k_factor
+
+
+def build_index(x: np.ndarray | PoolEmbeddings, cfg: IndexConfig, add_batch: int = 262_144) -> BuiltIndex:
+    """Train (on a seeded sample of at most ``cfg.train_size`` vectors) and fill, block by block, the index
+    for pool vectors ``x`` (an array, or a sharded pool read per shard)."""
     n, d = x.shape
     factory = factory_string(cfg, n, d)
     index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
     _disable_polysemous(index)
     start = time.perf_counter()
     if not index.is_trained:
-        rng = np.random.default_rng(cfg.seed)
-        sample = x if n <= cfg.train_size else x[np.sort(rng.choice(n, cfg.train_size, replace=False))]
-        index.train(_f32(sample))
-    trained = time.perf_counter()
-    for s in range(0, n, add_batch):
-        index.add(_f32(x[s : s + add_batch]))
-    set_nprobe(index, cfg.nprobe)
-    if isinstance(faiss.downcast_index(index), faiss.IndexRefine):
-        faiss.downcast_index(index).k_factor = cfg.refine_k_factor
-    return BuiltIndex(index, factory, trained - start, time.perf_counter() - trained)
+        idx = sample_rows(n, cfg.train_size, np.random.default_rng(cfg.seed))
+        index.train(gather(x, np.arange(n) if idx is None else idx))
+    trained = faiss.clone_index(index)
+    _configure(trained, cfg)
+    trained_at = time.perf_counter()
+    for _, block in row_blocks(x, add_batch):
+        index.add(block)
+    _configure(index, cfg)
+    return BuiltIndex(index, factory, trained_at - start, time.perf_counter() - trained_at, trained)
 
 
-def exact_search(x: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k, the reference for recall."""
-    flat = faiss.IndexFlatIP(x.shape[1])
-    flat.add(_f32(x))
-    return flat.search(_f32(queries), k)
+def exact_search(x: np.ndarray | PoolEmbeddings, queries: np.ndarray, k: int,
+                 batch_size: int = 262_144) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k, the reference for recall, block by block with a running top-k."""
+    q = _f32(queries)
+    best_s = np.full((q.shape[0], k), -np.inf, np.float32)
+    best_i = np.full((q.shape[0], k), -1, np.int64)
+    for start, block in row_blocks(x, batch_size):
+        flat = faiss.IndexFlatIP(block.shape[1])
+        flat.add(block)
+        s, i = flat.search(q, min(k, block.shape[0]))
+        both_s = np.concatenate([best_s, s], axis=1)
+        both_i = np.concatenate([best_i, np.where(i >= 0, i + start, -1)], axis=1)
+        order = np.argsort(-both_s, axis=1, kind="stable")[:, :k]  # ties keep the earlier row
+        best_s, best_i = np.take_along_axis(both_s, order, axis=1), np.take_along_axis(both_i, order, axis=1)
+    return best_s, best_i
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
@@ -119,16 +139,35 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray) -> float:
     return float(np.mean(hits) / k) if hits else float("nan")
 
 
-def measure_recall(built: BuiltIndex, x: np.ndarray, queries: np.ndarray, k: int, sample: int, seed: int = 0) -> dict:
-    """Recall@k of ``built`` against exact search for up to ``sample`` of ``queries``; timing included."""
+def measure_recall(built: BuiltIndex, x: np.ndarray | PoolEmbeddings, queries: np.ndarray, k: int, sample: int,
+                   seed: int = 0, pool_sample: int | None = None) -> dict:
+    """Recall@k of ``built`` against exact search for up to ``sample`` of ``queries``; timing included.
+
+    With ``pool_sample`` smaller than the pool, both sides search a seeded sample of that many pool
+    vectors instead (the trained index is filled with the sample alone), so the check never holds the
+    pool; ``recall_pool`` in the result says how many vectors it searched.
+    """
     if sample <= 0 or queries.shape[0] == 0:
         return {"recall_at_k": None, "k": k, "queries": 0}
     rng = np.random.default_rng(seed)
     q = queries if queries.shape[0] <= sample else queries[np.sort(rng.choice(queries.shape[0], sample, replace=False))]
-    k = min(k, x.shape[0])
+    n = x.shape[0]
+    rows = None if pool_sample is None else sample_rows(n, pool_sample, np.random.default_rng([seed, 1]))
+    index, ref = built, x
+    if rows is not None:
+        if built.trained is None:
+            raise ValueError(f"recall on a pool sample needs the empty trained index; {built.factory} has none")
+        ref = gather(x, rows)
+        sub = faiss.clone_index(built.trained)
+        sub.add(ref)
+        index = BuiltIndex(sub, built.factory, 0.0, 0.0)
+    k = min(k, n if rows is None else len(rows))
     start = time.perf_counter()
-    _, approx = built.search(q, k)
+    _, approx = index.search(q, k)
     seconds = time.perf_counter() - start
-    _, exact = exact_search(x, q, k)
-    return {"recall_at_k": recall_at_k(approx, exact), "k": k, "queries": int(q.shape[0]),
-            "queries_per_second": float(q.shape[0] / max(seconds, 1e-9))}
+    _, exact = exact_search(ref, q, k)
+    out = {"recall_at_k": recall_at_k(approx, exact), "k": k, "queries": int(q.shape[0]),
+           "queries_per_second": float(q.shape[0] / max(seconds, 1e-9))}
+    if rows is not None:
+        out["recall_pool"] = int(len(rows))
+    return out

@@ -1,7 +1,8 @@
 """Spherical k-means over L2-normalised embeddings with faiss (GPU when faiss sees one).
 
-Centroids train on a seeded sample of the pool, then every vector is assigned in batches, so
-memory stays bounded by the batch size. For very large k the two-level mode clusters the pool
+Centroids train on a seeded sample of the pool, then every vector is assigned block by block (per
+embedding shard of a sharded pool, in batches within it), so memory stays bounded by the sample and
+one block, and the assignment of each shard could run as its own part. For very large k the two-level mode clusters the pool
 coarsely first and then splits each coarse cluster into its share of the k fine clusters, the
 way large-scale curation pipelines reach millions of clusters.
 """
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
+from tasks.embed.run import PoolEmbeddings, gather, row_blocks
 from tasks.retrieve.config import KMeansConfig
 from lvd.errors import LvdError
 
@@ -39,8 +41,15 @@ def gpu_available() -> bool:
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
+def sample_rows(n: int, size: int | None, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted seeded sample of ``size`` of ``n`` rows, or None when all of them are wanted."""
+    if size is None or n <= size:
+        return None
+    return np.sort(rng.choice(n, size=size, replace=False))
+
+
 def spherical_kmeans(
-    x: np.ndarray,
+    x: np.ndarray | PoolEmbeddings,
     k: int,
     *,
     n_iter: int = 20,
@@ -49,19 +58,20 @@ def spherical_kmeans(
     use_gpu: bool = True,
     init_centroids: np.ndarray | None = None,
     n_redo: int = 1,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Train ``k`` unit-norm centroids on (a seeded sample of) ``x``; returns float32 (k, d)."""
-    n, d = x.shape
+    """Train ``k`` unit-norm centroids on (a seeded sample of) ``x`` (only its ``rows``, if given);
+    returns float32 (k, d). Only the sample is read into memory."""
+    n = x.shape[0] if rows is None else len(rows)
     if k < 1:
         raise KMeansError(f"k must be >= 1, got {k}")
     if k > n:
         raise KMeansError(f"k={k} clusters is larger than the {n} vectors to cluster")
+    d = x.shape[1]
     rng = np.random.default_rng(seed)
-    if train_sample is not None and n > max(train_sample, k):
-        idx = np.sort(rng.choice(n, size=max(train_sample, k), replace=False))
-        sample = _f32(x[idx])
-    else:
-        sample = _f32(x)
+    idx = sample_rows(n, None if train_sample is None else max(train_sample, k), rng)
+    rows = np.arange(n) if rows is None else np.asarray(rows, np.int64)
+    sample = gather(x, rows if idx is None else rows[idx])
     if k == 1:
         return normalise_rows(sample.mean(axis=0, keepdims=True))
     km = faiss.Kmeans(
@@ -81,17 +91,18 @@ def spherical_kmeans(
     return normalise_rows(km.centroids)
 
 
-def assign(x: np.ndarray, centroids: np.ndarray, batch_size: int = 65_536,
+def assign(x: np.ndarray | PoolEmbeddings, centroids: np.ndarray, batch_size: int = 65_536,
            distance: str = "cosine") -> tuple[np.ndarray, np.ndarray]:
-    """Nearest centroid of every row, in batches -> (labels int64, closeness float32): the inner
-    product (``distance="cosine"``, unit centroids) or minus the squared L2 distance (``"l2"``)."""
+    """Nearest centroid of every row, block by block (per shard of a sharded pool) -> (labels int64,
+    closeness float32): the inner product (``distance="cosine"``, unit centroids) or minus the
+    squared L2 distance (``"l2"``)."""
     index = faiss.IndexFlatIP(centroids.shape[1]) if distance == "cosine" else faiss.IndexFlatL2(centroids.shape[1])
     index.add(_f32(centroids))
     labels = np.empty(x.shape[0], np.int64)
     sims = np.empty(x.shape[0], np.float32)
-    for start in range(0, x.shape[0], batch_size):
-        stop = min(start + batch_size, x.shape[0])
-        s, i = index.search(_f32(x[start:stop]), 1)
+    for start, block in row_blocks(x, batch_size):
+        s, i = index.search(block, 1)
+        stop = start + len(block)
         labels[start:stop], sims[start:stop] = i[:, 0], (s[:, 0] if distance == "cosine" else -s[:, 0])
     return labels, sims
 
@@ -118,7 +129,7 @@ def split_counts(sizes: np.ndarray, k: int) -> np.ndarray:
     return counts
 
 
-def two_level_kmeans(x: np.ndarray, k: int, coarse_k: int, *, n_iter: int = 20, train_sample: int | None = None,
+def two_level_kmeans(x: np.ndarray | PoolEmbeddings, k: int, coarse_k: int, *, n_iter: int = 20, train_sample: int | None = None,
                      seed: int = 0, use_gpu: bool = True, batch_size: int = 65_536) -> np.ndarray:
     """Coarse k-means into ``coarse_k`` clusters, then each split into its share of ``k`` (sums to k)."""
     if k > x.shape[0]:
@@ -132,10 +143,9 @@ def two_level_kmeans(x: np.ndarray, k: int, coarse_k: int, *, n_iter: int = 20, 
     parts = []
     per_cluster_sample = None if train_sample is None else max(1, train_sample // coarse_k)
     for c, kc in zip(nonempty, counts):
-        members = x[labels == c]
         sample = per_cluster_sample if per_cluster_sample is None else max(per_cluster_sample, int(kc))
-        parts.append(spherical_kmeans(members, int(kc), n_iter=n_iter, train_sample=sample,
-                                      seed=seed + 1 + int(c), use_gpu=use_gpu))
+        parts.append(spherical_kmeans(x, int(kc), n_iter=n_iter, train_sample=sample, seed=seed + 1 + int(c),
+                                      use_gpu=use_gpu, rows=np.flatnonzero(labels == c)))
     return np.concatenate(parts)
 
 
@@ -153,7 +163,7 @@ class KMeansResult:
         return np.bincount(self.labels, minlength=self.centroids.shape[0])
 
 
-def fit_kmeans(x: np.ndarray, cfg: KMeansConfig) -> KMeansResult:
+def fit_kmeans(x: np.ndarray | PoolEmbeddings, cfg: KMeansConfig) -> KMeansResult:
     """Cluster ``x`` as ``cfg`` says (one or two levels) and assign every vector."""
     if cfg.n_clusters > x.shape[0]:
         raise KMeansError(f"kmeans.n_clusters={cfg.n_clusters} is larger than the pool ({x.shape[0]} vectors)")

@@ -8,14 +8,15 @@ Under the retrieve stage URI: ``centroids.npy`` (float32), ``assignments.parquet
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from storage.commit import StageNotCommitted, read_commit
-from storage.tables import SCHEMAS, read_table, write_table
+from storage.tables import SCHEMAS, read_table, write_table, write_table_parts
 from storage.uri import join, read_bytes, write_bytes_atomic
-from tasks.embed.run import Embeddings
+from tasks.embed.run import Embeddings, PoolEmbeddings
 from tasks.retrieve.selection import Selection
 
 STAGE = "retrieve"
@@ -31,7 +32,7 @@ def npy_bytes(x: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def selection_table(pool: Embeddings, sel: Selection, labels: np.ndarray, queries: dict[str, Embeddings],
+def selection_table(pool: PoolEmbeddings, sel: Selection, labels: np.ndarray, queries: dict[str, Embeddings],
                      as_is: list[tuple[str, Embeddings, np.ndarray]]) -> pa.Table:
     """One row per selected pool image (and per as-is query image), in ``selection.parquet``'s schema."""
     rows_ds = [sel.datasets[i].dataset for i in sel.dataset_index] if sel.datasets else []
@@ -46,13 +47,14 @@ def selection_table(pool: Embeddings, sel: Selection, labels: np.ndarray, querie
         else:
             qids.append(q.keys[qrow])
             qlabels.append(q.labels[qrow] if q.labels else None)
+    keys, shards = pool.ids_at(sel.pool_rows)
     cols = {
         "source": ["pool"] * len(sel.pool_rows),
         "query_dataset": [d if d else None for d in rows_ds],
         "query_id": qids,
         "query_label": qlabels,
-        "key": [pool.keys[r] for r in sel.pool_rows],
-        "shard": [pool.shards[r] for r in sel.pool_rows],
+        "key": keys,
+        "shard": shards,
         "similarity": sel.similarity.astype(np.float32).tolist(),
         "rule": rules,
         "cluster": labels[sel.pool_rows].tolist(),
@@ -71,15 +73,19 @@ def selection_table(pool: Embeddings, sel: Selection, labels: np.ndarray, querie
     return pa.table({k: pa.array(v, SCHEMAS["retrieve.selection"].field(k).type) for k, v in cols.items()})
 
 
-def write_outputs(stage_uri: str, pool: Embeddings, sel: Selection, labels: np.ndarray, pool_sims: np.ndarray,
+def _assignment_parts(pool: PoolEmbeddings, labels: np.ndarray, pool_sims: np.ndarray) -> Iterator[pa.Table]:
+    for shard in pool.shards:
+        ids = pool.shard_ids(shard)
+        rows = slice(shard.start, shard.start + shard.rows)
+        yield pa.table({"key": ids.column("key"), "shard": ids.column("shard"),
+                        "cluster": pa.array(labels[rows], pa.int64()), "similarity": pa.array(pool_sims[rows], pa.float32())})
+
+
+def write_outputs(stage_uri: str, pool: PoolEmbeddings, sel: Selection, labels: np.ndarray, pool_sims: np.ndarray,
                   queries: dict[str, Embeddings], as_is: list) -> list[dict]:
-    """assignments, selection and datasets tables; returns the per-dataset stats."""
-    write_table(
-        join(stage_uri, ASSIGNMENTS_FILE),
-        pa.table({"key": pa.array(pool.keys, pa.string()), "shard": pa.array(pool.shards, pa.string()),
-                  "cluster": pa.array(labels, pa.int64()), "similarity": pa.array(pool_sims, pa.float32())}),
-        SCHEMAS["retrieve.assignments"],
-    )
+    """assignments (written shard by shard), selection and datasets tables; returns the per-dataset stats."""
+    write_table_parts(join(stage_uri, ASSIGNMENTS_FILE), _assignment_parts(pool, labels, pool_sims),
+                      SCHEMAS["retrieve.assignments"])
     table = selection_table(pool, sel, labels, queries, as_is)
     write_table(join(stage_uri, SELECTION_FILE), table, SCHEMAS["retrieve.selection"])
     stats = [dict(s, selected=s["selected"]) for s in sel.stats]

@@ -14,7 +14,7 @@ import numpy as np
 
 from storage.commit import begin_stage, commit_stage, config_digest, digest_of_commit, is_committed, read_commit
 from storage.uri import join, write_bytes_atomic
-from tasks.embed.run import EmbeddingMismatch, Embeddings, load_pool_embeddings, load_query_embeddings
+from tasks.embed.run import EmbeddingMismatch, Embeddings, PoolEmbeddings, load_query_embeddings, open_pool_embeddings
 from tasks.retrieve.balanced import balanced_sample, hierarchical_kmeans
 from tasks.retrieve.config import RetrieveConfig
 from tasks.retrieve.index import build_index, measure_recall
@@ -28,7 +28,7 @@ from tasks.retrieve.selection import Picks, Selection, cluster_rule, merge_picks
 INDEX_TIMINGS = ("train_seconds", "add_seconds", "queries_per_second")
 
 
-def validate_inputs(pool: Embeddings, queries: dict[str, Embeddings], cfg: RetrieveConfig) -> None:
+def validate_inputs(pool: PoolEmbeddings, queries: dict[str, Embeddings], cfg: RetrieveConfig) -> None:
     """Every check that can fail, before any clustering starts."""
     cfg.require_queries()
     n = len(pool)
@@ -41,16 +41,16 @@ def validate_inputs(pool: Embeddings, queries: dict[str, Embeddings], cfg: Retri
         raise KMeansError(f"balanced.levels[0]={cfg.balanced.levels[0]} is larger than the pool ({n} images)")
 
 
-def load_inputs(embed_stage_uri: str, cfg: RetrieveConfig) -> tuple[dict, Embeddings, dict[str, Embeddings]]:
-    """The embed commit, the pool vectors and every configured query set's vectors (checked)."""
+def load_inputs(embed_stage_uri: str, cfg: RetrieveConfig) -> tuple[dict, PoolEmbeddings, dict[str, Embeddings]]:
+    """The embed commit, the (sharded) pool and every configured query set's vectors (checked)."""
     commit = read_commit(embed_stage_uri)
-    pool = load_pool_embeddings(embed_stage_uri, require_commit=False)
+    pool = open_pool_embeddings(embed_stage_uri, require_commit=False)
     queries = {qs.name: load_query_embeddings(embed_stage_uri, qs.name) for qs in cfg.queries}
     validate_inputs(pool, queries, cfg)
     return commit, pool, queries
 
 
-def select(pool: Embeddings, queries: dict[str, Embeddings], cfg: RetrieveConfig, centroids: np.ndarray,
+def select(pool: PoolEmbeddings, queries: dict[str, Embeddings], cfg: RetrieveConfig, centroids: np.ndarray,
            labels: np.ndarray) -> tuple[Selection, dict]:
     """Apply every query set's rule and merge (strategy 'retrieval'); returns the selection and index facts."""
     info: dict = {}
@@ -58,18 +58,19 @@ def select(pool: Embeddings, queries: dict[str, Embeddings], cfg: RetrieveConfig
     caps = []
     sample_sets = [qs for qs in cfg.queries if qs.rule == "sample"]
     if sample_sets:
-        built = build_index(pool.vectors, cfg.index)
+        built = build_index(pool, cfg.index)
         all_q = np.concatenate([queries[qs.name].vectors for qs in sample_sets])
         k = max(qs.n_neighbours for qs in sample_sets)
         info = {"factory": built.factory, "train_seconds": round(built.train_seconds, 3),
                 "add_seconds": round(built.add_seconds, 3), "nprobe": cfg.index.nprobe,
-                **measure_recall(built, pool.vectors, all_q, k, cfg.index.recall_sample, cfg.index.seed)}
+                **measure_recall(built, pool, all_q, k, cfg.index.recall_sample, cfg.index.seed,
+                                 pool_sample=cfg.index.train_size)}
         for qs in sample_sets:
             picks.append(sample_rule(qs, queries[qs.name].vectors, built))
             caps.append(qs.cap)
     for qs in cfg.queries:
         if qs.rule == "cluster":
-            picks.append(cluster_rule(qs, queries[qs.name].vectors, pool.vectors, centroids, labels, cfg.kmeans.seed))
+            picks.append(cluster_rule(qs, queries[qs.name].vectors, pool, centroids, labels, cfg.kmeans.seed))
             caps.append(qs.cap)
     return merge_picks(picks, caps, cfg.min_similarity, cfg.max_total), info
 
@@ -92,7 +93,7 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig, prev
     begin_stage(stage_uri, stage=STAGE, config_digest=digest, input_digest=input_digest, config=cfg)
     start = time.perf_counter()
     if cfg.strategy == "hierarchical_balanced":
-        hierarchy = hierarchical_kmeans(pool.vectors, cfg.balanced, cfg.kmeans.use_gpu)
+        hierarchy = hierarchical_kmeans(pool, cfg.balanced, cfg.kmeans.use_gpu, cfg.kmeans.train_sample)
         centroids, labels, pool_sims = hierarchy.centroids[0], hierarchy.labels[0], hierarchy.similarities
         rows = balanced_sample(hierarchy, cfg.balanced)
         balanced = Picks("", "balanced", rows, np.full(len(rows), -1, np.int64), pool_sims[rows])
@@ -100,7 +101,7 @@ def run_retrieve(embed_stage_uri: str, stage_uri: str, cfg: RetrieveConfig, prev
         index_info: dict = {"levels": [int(c.shape[0]) for c in hierarchy.centroids]}
         kmeans_seconds = time.perf_counter() - start
     else:
-        km = fit_kmeans(pool.vectors, cfg.kmeans)
+        km = fit_kmeans(pool, cfg.kmeans)
         centroids, labels, pool_sims = km.centroids, km.labels, km.similarities
         kmeans_seconds = km.train_seconds + km.assign_seconds
         sel, index_info = select(pool, queries, cfg, centroids, labels)

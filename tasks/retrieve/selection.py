@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tasks.embed.run import PoolEmbeddings, gather
 from tasks.queries.config import QuerySetConfig
 from tasks.retrieve.kmeans import assign
 from tasks.retrieve.index import BuiltIndex
@@ -72,24 +73,26 @@ def sample_rule_after(qs: QuerySetConfig, queries: np.ndarray, index: BuiltIndex
 def cluster_rule(
     qs: QuerySetConfig,
     queries: np.ndarray,
-    pool: np.ndarray,
+    pool: np.ndarray | PoolEmbeddings,
     centroids: np.ndarray,
     pool_labels: np.ndarray,
     seed: int = 0,
     taken: np.ndarray | None = None,
+    gather_rows: int = 262_144,
 ) -> Picks:
     """M random pool images from every cluster holding more than ``min_queries_per_cluster`` queries.
 
     Each pick is credited to the query of that cluster it is most similar to. ``taken`` (per cluster:
     images earlier versions already took from it) lowers each cluster's M, so a refresh fills clusters
-    up to M instead of adding M more.
+    up to M instead of adding M more. The picks' vectors are read from the pool in groups of clusters
+    of about ``gather_rows`` images (one pass over the shards per group), never the whole pool.
     """
     q_labels, _ = assign(queries, centroids)
     counts = np.bincount(q_labels, minlength=centroids.shape[0])
     qualifying = np.flatnonzero(counts > qs.min_queries_per_cluster)
     order = np.argsort(pool_labels, kind="stable")
     bounds = np.searchsorted(pool_labels[order], np.arange(centroids.shape[0] + 1))
-    pool_rows, query_rows, sims = [], [], []
+    chosen: list[tuple[int, np.ndarray]] = []
     for c in qualifying:
         members = order[bounds[c] : bounds[c + 1]]
         quota = qs.per_cluster - (int(taken[c]) if taken is not None else 0)
@@ -98,12 +101,26 @@ def cluster_rule(
         if members.size > quota:
             rng = np.random.default_rng([seed, int(c)])
             members = np.sort(rng.choice(members, quota, replace=False))
-        q_in = np.flatnonzero(q_labels == c)
-        s = pool[members] @ queries[q_in].T
-        best = np.argmax(s, axis=1)
-        pool_rows.append(members.astype(np.int64))
-        query_rows.append(q_in[best].astype(np.int64))
-        sims.append(s[np.arange(len(members)), best].astype(np.float32))
+        chosen.append((int(c), members.astype(np.int64)))
+    pool_rows, query_rows, sims = [], [], []
+    group_start = 0
+    while group_start < len(chosen):
+        group_end, size = group_start, 0
+        while group_end < len(chosen) and (size == 0 or size + len(chosen[group_end][1]) <= gather_rows):
+            size += len(chosen[group_end][1])
+            group_end += 1
+        group = chosen[group_start:group_end]
+        vectors = gather(pool, np.concatenate([m for _, m in group]))
+        offset = 0
+        for c, members in group:
+            q_in = np.flatnonzero(q_labels == c)
+            s = vectors[offset : offset + len(members)] @ queries[q_in].T
+            offset += len(members)
+            best = np.argmax(s, axis=1)
+            pool_rows.append(members)
+            query_rows.append(q_in[best].astype(np.int64))
+            sims.append(s[np.arange(len(members)), best].astype(np.float32))
+        group_start = group_end
     if not pool_rows:
         picks = _empty(qs.name, "cluster", queries.shape[0])
     else:
