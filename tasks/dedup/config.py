@@ -35,8 +35,23 @@ class DedupConfig(BaseModel):
         1024, ge=1, le=1_000_000,
         description="Hamming search: codes compared per code within one substring bucket (bounds work on degenerate buckets).",
     )
+    hash_model: str | None = Field(
+        None,
+        description=(
+            "A trained PCA hash used as is (an .npz URI, e.g. an earlier version's dedup/pca_hash.npz), so "
+            "every version codes images alike; None: train one (on hash_reference, else on a pool sample)."
+        ),
+    )
+    hash_reference: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Reference images the PCA hash is trained on when no hash_model is given (image folders or "
+            "WebDataset .tar URIs): a fixed sample, so what else the pool holds never moves the codes. "
+            "Empty: a sample of the pool."
+        ),
+    )
     hash_train_samples: int = Field(
-        100_000, ge=256, le=10_000_000, description="Pool images sampled to train the PCA hash."
+        100_000, ge=256, le=10_000_000, description="Images sampled (from the reference or the pool) to train the PCA hash."
     )
     hash_train_shards: int = Field(
         8, ge=1, le=100_000, description="Shards (spread over the pool) read to draw the PCA-hash training sample."

@@ -93,7 +93,7 @@ def original_candidates(labels: np.ndarray, valid: np.ndarray, central: np.ndarr
 
 def representatives(labels: np.ndarray, valid: np.ndarray, keep: str, area: np.ndarray, nbytes: np.ndarray,
                     content_area: np.ndarray | None = None, grey: np.ndarray | None = None,
-                    central: np.ndarray | None = None) -> np.ndarray:
+                    central: np.ndarray | None = None, final_labels: np.ndarray | None = None) -> np.ndarray:
     """Index of the surviving member of each row's component (-1 for invalid rows).
 
     ``keep``: ``"original"`` (the unedited image: :func:`original_candidates` narrows each component
@@ -101,7 +101,9 @@ def representatives(labels: np.ndarray, valid: np.ndarray, keep: str, area: np.n
     the most central candidate wins, then the one with the least border (smallest raw area), then
     most bytes), ``"resolution"`` (largest area, then most bytes), ``"bytes"`` (most bytes, then
     area) or ``"first"``; remaining ties go to the lowest index. ``central`` is NaN where a
-    component is too small to have a medoid.
+    component is too small to have a medoid. ``final_labels`` (the coarsest labeling, default
+    ``labels``) is where the candidates are chosen: with one candidate set for every level the
+    priority is one total order, so a component's survivor also survives each finer level.
     """
     n = len(labels)
     idx = np.arange(n)
@@ -109,7 +111,8 @@ def representatives(labels: np.ndarray, valid: np.ndarray, keep: str, area: np.n
         content = area if content_area is None else content_area
         # Bytes of the picture itself: a padded copy's border costs bytes too.
         picture_bytes = nbytes * (np.asarray(content, dtype=np.float64) / np.maximum(area, 1))
-        alive = original_candidates(labels, valid, central, grey, content, picture_bytes)
+        alive = original_candidates(labels if final_labels is None else final_labels, valid, central, grey,
+                                    content, picture_bytes)
         c = np.zeros(n) if central is None else np.nan_to_num(central, nan=0.0)
         keys = (idx, -nbytes, area, -c, ~alive, labels)
     elif keep == "resolution":

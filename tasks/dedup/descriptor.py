@@ -10,6 +10,12 @@ coefficients without DC (by radial frequency), each coefficient weighted by its 
 spectrum of natural images (so no single coefficient dominates), unit-normalised; and the mean
 opponent colour (R-G, (R+G)/2-B) on a 4x4 grid, unit-normalised and down-weighted. The two parts
 are concatenated and L2-normalised.
+
+A grey image (``decode.is_grey``) has no colour layout: its colour part is zero. Its cosine with
+a colour image is then at most ``1 / sqrt(1 + COLOUR_WEIGHT**2)`` (0.944), below the thresholds a
+copy must pass, so the embedder names its colour dimensions (``colour_dims``) and that cap
+(``grey_pair_cap``): :class:`tasks.dedup.knn.GreyAwareIndex` divides the scores of grey/colour
+pairs by the cap, which makes them exactly the luminance cosine.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import numpy as np
 from PIL import Image
 
+from tasks.dedup.decode import is_grey
 from tasks.dedup.phash import gray_thumbnails, low_dct
 
 DCT_BLOCK = 12
@@ -54,8 +61,10 @@ class DctColourEmbedder:
     def __init__(self) -> None:
         self._coeffs, self._weights = _lowest_frequencies(DCT_BLOCK, DCT_COEFFS)
         self.dim = DCT_COEFFS + 2 * COLOUR_GRID * COLOUR_GRID
+        self.colour_dims = (DCT_COEFFS, self.dim)
+        self.grey_pair_cap = float(1.0 / np.sqrt(1.0 + COLOUR_WEIGHT ** 2))
         self.checksum = hashlib.sha256(
-            f"{self.model_id}:{DCT_BLOCK}:{COLOUR_GRID}:{COLOUR_WEIGHT}".encode()
+            f"{self.model_id}:{DCT_BLOCK}:{COLOUR_GRID}:{COLOUR_WEIGHT}:grey-zero".encode()
         ).hexdigest()
 
     def __call__(self, images: list[Image.Image]) -> np.ndarray:
@@ -63,7 +72,8 @@ class DctColourEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         thumbs = gray_thumbnails(images)
         luma = low_dct(thumbs, DCT_BLOCK).reshape(len(images), -1)[:, self._coeffs] * self._weights
-        colour = np.stack([self._colour_layout(img) for img in images])
+        colour = np.stack([np.zeros(2 * COLOUR_GRID * COLOUR_GRID, np.float32) if is_grey(img)
+                           else self._colour_layout(img) for img in images])
         desc = np.concatenate([_unit(luma), COLOUR_WEIGHT * _unit(colour)], axis=1)
         return _unit(desc).astype(np.float32)
 

@@ -57,6 +57,50 @@ def build_index(dim: int, n: int, cfg: DedupConfig, train: np.ndarray | None = N
     return index
 
 
+class GreyAwareIndex:
+    """An inner-product index whose scores between a grey and a colour descriptor are divided by ``cap``.
+
+    For descriptors whose colour dimensions ``colour_dims`` (start, stop) are zero on grey images
+    and whose colour part holds a fixed share of the norm otherwise (the builtin descriptor), a
+    grey/colour cosine equals ``cap`` times the cosine of the rest (luminance): dividing by ``cap``
+    scores a grey copy as it would score in colour. One flag per indexed vector is kept (n bytes).
+    """
+
+    def __init__(self, index, colour_dims: tuple[int, int], cap: float) -> None:
+        self.index = index
+        self.colour_dims = colour_dims
+        self.cap = float(cap)
+        self._grey: list[np.ndarray] = []
+
+    def grey(self, x: np.ndarray) -> np.ndarray:
+        a, b = self.colour_dims
+        return ~np.any(np.asarray(x)[:, a:b] != 0, axis=1)
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+        self._grey.append(self.grey(x))
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims, nbrs = self.index.search(q, k)
+        flags = np.concatenate(self._grey) if self._grey else np.zeros(0, bool)
+        if len(self._grey) > 1:
+            self._grey = [flags]
+        mixed = (nbrs >= 0) & (flags[np.maximum(nbrs, 0)] != self.grey(q)[:, None])
+        sims = np.where(mixed, sims / self.cap, sims)
+        order = np.argsort(-sims, axis=1, kind="stable")
+        return np.take_along_axis(sims, order, 1), np.take_along_axis(nbrs, order, 1)
+
+
+def grey_aware(index, embedder):
+    """``index`` wrapped in :class:`GreyAwareIndex` when the embedder names its colour part, else as is."""
+    dims, cap = getattr(embedder, "colour_dims", None), getattr(embedder, "grey_pair_cap", None)
+    return index if dims is None or cap is None else GreyAwareIndex(index, tuple(dims), cap)
+
+
 def threshold_edges(
     index: faiss.Index, queries: np.ndarray, offset: int, k: int, threshold: float, batch: int = 8192
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -23,7 +23,7 @@ from storage.commit import mark_part_done, part_done
 from storage.shards import iter_samples, shard_name
 from storage.uri import join, read_bytes, write_bytes_atomic
 from tasks.dedup.config import DedupConfig
-from tasks.dedup.decode import decode_rgb, is_grey, trim_uniform_border
+from tasks.dedup.decode import decode_working, is_grey, trim_uniform_border
 from tasks.dedup.embedder import CopyEmbedder
 from tasks.dedup.pca_hash import PcaHash
 from tasks.dedup.phash import gray_thumbnails, phash_bits
@@ -45,7 +45,8 @@ META_SCHEMA = pa.schema(
     ]
 )
 # Bumped when a part's files change meaning; parts written in another format are redone.
-PART_FORMAT = 2
+# 3: images decode to the working size (decode.decode_working); pHash from the full decode.
+PART_FORMAT = 3
 
 
 def part_name(shard_url: str) -> str:
@@ -107,8 +108,17 @@ def _meta_of(key: str, fields: dict[str, bytes]) -> tuple[dict, bytes | None]:
     return row, jpg
 
 
+def decode_options(cfg: DedupConfig, embedder: CopyEmbedder | None) -> tuple[int, bool]:
+    """``(min_side, full)`` for :func:`decode_working`, the same for pool and evaluation images: the
+    descriptor's smallest short side, and a full-resolution decode when the pHash must equal
+    ``imagehash.phash`` of the stored file."""
+    min_side = max(64, int(getattr(embedder, "min_side", 64))) if embedder is not None else 64
+    return min_side, cfg.hash_method == "phash"
+
+
 def hash_images(images: list, cfg: DedupConfig, pca: PcaHash | None, trimmed: list) -> np.ndarray:
-    """Packed perceptual-hash codes of a batch: pHash on the plain images, PCA hash on trimmed ones."""
+    """Packed perceptual-hash codes of a batch: pHash on the decoded images as stored (full size, as
+    ``imagehash.phash`` reads them), PCA hash on the trimmed working images."""
     if cfg.hash_method == "phash":
         return np.packbits(phash_bits(gray_thumbnails(images)), axis=1)
     if cfg.hash_method == "pca":
@@ -116,19 +126,21 @@ def hash_images(images: list, cfg: DedupConfig, pca: PcaHash | None, trimmed: li
     return np.zeros((len(images), 0), dtype=np.uint8)
 
 
-def _process_batch(batch: list[tuple[int, bytes]], cfg, pca, embedder, rows, codes, descs, min_side) -> None:
-    images, idx = [], []
+def _process_batch(batch: list[tuple[int, bytes]], cfg, pca, embedder, rows, codes, descs) -> None:
+    min_side, full = decode_options(cfg, embedder)
+    images, working, idx = [], [], []
     for i, jpg in batch:
-        img, error = decode_rgb(jpg, min_side)
+        img, work, error = decode_working(jpg, min_side, full)
         if img is None:
             rows[i]["error"] = error
             continue
         images.append(img)
+        working.append(work)
         idx.append(i)
     if not images:
         return
-    trimmed = [trim_uniform_border(img) for img in images]
-    for i, img, t in zip(idx, images, trimmed):
+    trimmed = [trim_uniform_border(img) for img in working]
+    for i, img, t in zip(idx, working, trimmed):
         rows[i]["content_fraction"] = (t.width * t.height) / (img.width * img.height)
         rows[i]["grey"] = is_grey(t)
     if codes.shape[1]:
@@ -151,7 +163,6 @@ def dedup_shard_part(shard_url: str, stage_uri: str, cfg: DedupConfig, embedder:
             and done.get("format") == PART_FORMAT):
         return done
     dim = int(embedder.dim) if embedder is not None else 0
-    min_side = max(64, int(getattr(embedder, "min_side", 64))) if embedder is not None else 64
     rows: list[dict] = []
     pending: list[tuple[int, bytes]] = []
     code_chunks, desc_chunks = [], []
@@ -166,7 +177,7 @@ def dedup_shard_part(shard_url: str, stage_uri: str, cfg: DedupConfig, embedder:
         codes = np.zeros((n, nbytes), dtype=np.uint8)
         descs = np.zeros((n, dim), dtype=np.float16)
         local = [(i - chunk_start, jpg) for i, jpg in pending]
-        _process_batch(local, cfg, pca, embedder, rows[chunk_start:], codes, descs, min_side)
+        _process_batch(local, cfg, pca, embedder, rows[chunk_start:], codes, descs)
         code_chunks.append(codes)
         desc_chunks.append(descs)
         pending.clear()

@@ -2,9 +2,14 @@
 
 Features are the lowest ``block x block`` DCT-II coefficients of the 32x32 grayscale thumbnail
 without the DC term, scaled to unit norm (so brightness and contrast changes cancel). PCA is fit
-on a sample of the pool; each bit is one principal direction thresholded at its training median,
-so every bit splits the pool in half and carries close to one bit of information. The model is a
-small ``.npz`` stored with the stage, so the codes of every shard come from the same projection.
+on a training sample; each bit is one principal direction thresholded at its training median,
+so every bit splits the sample in half and carries close to one bit of information. The model is a
+small ``.npz`` stored with the stage (``{version}/dedup/pca_hash.npz``, identified by
+:meth:`PcaHash.digest`, which every part and the commit record), so the codes of every shard come
+from the same projection. Where the sample comes from (``tasks.dedup.stage.dedup_prepare``): a
+refresh reuses the earlier version's file; ``dedup.hash_model`` names a file to use as is (e.g. the
+first version's, so later versions code images alike); else ``dedup.hash_reference`` images (a
+fixed sample: the pool's other images never move the codes) or, by default, a pool sample.
 """
 
 from __future__ import annotations

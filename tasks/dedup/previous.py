@@ -24,7 +24,7 @@ from storage.tables import read_table, write_table
 from storage.uri import join, read_bytes
 from tasks.dedup.config import DedupConfig
 from tasks.dedup.hamming import hamming_neighbour_pairs, popcount_distance
-from tasks.dedup.knn import build_index
+from tasks.dedup.knn import build_index, grey_aware
 from tasks.dedup.parts import load_npy, part_uri, save_npy
 from tasks.dedup.unionfind import UnionFind
 
@@ -104,7 +104,7 @@ def load_previous(rows: list[dict], code_bytes: int, dim: int) -> PreviousIndex:
 
 def match_previous(candidates: np.ndarray, sha: np.ndarray, codes: np.ndarray, descs: np.ndarray,
                    previous: PreviousIndex, cfg: DedupConfig, hash_name: str,
-                   copy_threshold: float | None) -> PreviousMatches:
+                   copy_threshold: float | None, embedder=None) -> PreviousMatches:
     """Which ``candidates`` rows duplicate an earlier kept image: sha256 first, then hash, then copy."""
     n = len(candidates)
     out = PreviousMatches(np.zeros(n, bool), np.full(n, None, dtype=object), np.full(n, None, dtype=object),
@@ -142,7 +142,8 @@ def match_previous(candidates: np.ndarray, sha: np.ndarray, codes: np.ndarray, d
         if len(rows):
             m = len(previous)
             step = max(1, m // cfg.ivf_train_samples)
-            index = build_index(descs.shape[1], m, cfg, previous.descs[::step] if m > cfg.flat_max else None)
+            index = grey_aware(build_index(descs.shape[1], m, cfg, previous.descs[::step] if m > cfg.flat_max else None),
+                               embedder)
             index.add(np.ascontiguousarray(previous.descs, dtype=np.float32))
             sims, nbrs = index.search(np.ascontiguousarray(descs[rows], dtype=np.float32), 1)
             hit = (nbrs[:, 0] >= 0) & (sims[:, 0] > copy_threshold)

@@ -12,6 +12,7 @@ d=128, flat: about 0.8 GB; a billion-image pool needs the IVF-PQ codec and a lar
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -31,13 +32,13 @@ from storage.tables import SCHEMAS, write_table
 from storage.uri import basename, exists, join, parent, read_bytes, write_bytes_atomic
 from tasks.dedup import decide
 from tasks.dedup.config import DedupConfig
-from tasks.dedup.decode import decode_rgb, trim_uniform_border
+from tasks.dedup.decode import decode_working, trim_uniform_border
 from tasks.dedup.embedder import CopyEmbedder, check_embedder, thresholds
 from tasks.dedup.evalsets import iter_eval_images
 from tasks.dedup.hamming import hamming_neighbour_pairs, popcount_distance
-from tasks.dedup.knn import build_index, index_description, threshold_edges
-from tasks.dedup.parts import PCA_FILE, dedup_shard_part, load_pca_hash, part_name, read_part
-from tasks.dedup.pca_hash import fit_pca_hash
+from tasks.dedup.knn import build_index, grey_aware, index_description, threshold_edges
+from tasks.dedup.parts import PCA_FILE, decode_options, dedup_shard_part, load_pca_hash, part_name, read_part
+from tasks.dedup.pca_hash import PcaHash, fit_pca_hash
 from tasks.dedup.previous import PREVIOUS, load_previous, match_previous, read_index_manifest, write_index_manifest
 from tasks.dedup.phash import gray_thumbnails
 from tasks.dedup.unionfind import UnionFind
@@ -53,11 +54,52 @@ def stage_digests(crawl_stage_uri: str, cfg: DedupConfig, embedder: CopyEmbedder
     inputs = digest_of_commit(crawl_stage_uri)
     if previous is not None:
         inputs = config_digest({"crawl": inputs, "previous": digest_of_commit(previous)})
-    return config_digest({"dedup": cfg.model_dump(mode="json"), "copy_model": model}), inputs
+    hash_model = None
+    if cfg.hash_method == "pca" and cfg.hash_model is not None:
+        hash_model = hashlib.sha256(read_hash_model(cfg.hash_model)).hexdigest()
+    return config_digest({"dedup": cfg.model_dump(mode="json"), "copy_model": model, "hash_model": hash_model}), inputs
+
+
+def read_hash_model(uri: str) -> bytes:
+    """Bytes of a trained PCA hash named by ``dedup.hash_model``; a missing file is an error now."""
+    try:
+        return read_bytes(uri)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"dedup.hash_model {uri} does not exist") from None
+
+
+def pca_source(cfg: DedupConfig, previous: str | None) -> str:
+    """Where the stage's PCA hash comes from: the earlier version (refresh), the named model, the
+    reference images, or the pool."""
+    if previous is not None:
+        return f"previous:{join(previous, PCA_FILE)}"
+    if cfg.hash_model is not None:
+        return f"model:{cfg.hash_model}"
+    return "reference" if cfg.hash_reference else "pool"
+
+
+def _checked_hash(data: bytes, cfg: DedupConfig, where: str) -> bytes:
+    model = PcaHash.from_bytes(data)
+    if model.bits != cfg.hash_bits:
+        raise ValueError(f"the PCA hash from {where} has {model.bits} bits; dedup.hash_bits is {cfg.hash_bits}")
+    return data
 
 
 def hash_reason(cfg: DedupConfig) -> str:
     return "phash" if cfg.hash_method == "phash" else "pca-hash"
+
+
+def reference_sample(uris: list[str], cfg: DedupConfig) -> np.ndarray:
+    """Grayscale thumbnails of up to ``hash_train_samples`` reference images, decoded as pool images are."""
+    thumbs = []
+    for uri in uris:
+        for _, data in iter_eval_images(uri):
+            img = decode_working(data, 64)[1]
+            if img is not None:
+                thumbs.append(gray_thumbnails([trim_uniform_border(img)])[0])
+            if len(thumbs) >= cfg.hash_train_samples:
+                return np.stack(thumbs)
+    return np.stack(thumbs) if thumbs else np.zeros((0, 32, 32), np.uint8)
 
 
 def train_sample(shard_urls: list[str], cfg: DedupConfig) -> np.ndarray:
@@ -70,7 +112,7 @@ def train_sample(shard_urls: list[str], cfg: DedupConfig) -> np.ndarray:
         taken = 0
         for _, fields in iter_samples(shard_urls[s]):
             jpg = fields.get("jpg")
-            img = decode_rgb(jpg, 64)[0] if jpg is not None else None
+            img = decode_working(jpg, 64)[1] if jpg is not None else None
             if img is None:
                 continue
             thumbs.append(gray_thumbnails([trim_uniform_border(img)])[0])
@@ -101,13 +143,23 @@ def dedup_prepare(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embedd
            "input_digest": input_digest}
     if plan.skip:
         return out
-    if cfg.hash_method == "pca" and previous is not None:
-        write_bytes_atomic(join(stage_uri, PCA_FILE), read_bytes(join(previous, PCA_FILE)))
-    elif cfg.hash_method == "pca" and not (plan.done and exists(join(stage_uri, PCA_FILE))):
-        thumbs = train_sample(shards, cfg)
+    if cfg.hash_method != "pca":
+        return out
+    if previous is not None:
+        # A refresh codes new images with the earlier version's hash, so they compare with its codes.
+        data = _checked_hash(read_bytes(join(previous, PCA_FILE)), cfg, previous)
+        if cfg.hash_model is not None and data != read_hash_model(cfg.hash_model):
+            raise ValueError(f"dedup.hash_model {cfg.hash_model} is not the PCA hash of the earlier version "
+                             f"{previous}; a refresh must code images as that version did")
+        write_bytes_atomic(join(stage_uri, PCA_FILE), data)
+    elif cfg.hash_model is not None:
+        write_bytes_atomic(join(stage_uri, PCA_FILE), _checked_hash(read_hash_model(cfg.hash_model), cfg, cfg.hash_model))
+    elif not (plan.done and exists(join(stage_uri, PCA_FILE))):
+        thumbs = reference_sample(cfg.hash_reference, cfg) if cfg.hash_reference else train_sample(shards, cfg)
         if len(thumbs) <= cfg.hash_bits:
+            where = "the reference images hold" if cfg.hash_reference else "the pool has"
             raise ValueError(
-                f"the pool has {len(thumbs)} decodable images, too few to train a {cfg.hash_bits}-bit PCA hash; "
+                f"{where} {len(thumbs)} decodable images, too few to train a {cfg.hash_bits}-bit PCA hash; "
                 "use hash_method='phash' for pools this small"
             )
         write_bytes_atomic(join(stage_uri, PCA_FILE), fit_pca_hash(thumbs, cfg.hash_bits).to_bytes())
@@ -139,7 +191,7 @@ def _load_parts(stage_uri: str, parts: list[str]) -> dict:
 
 def _embed_eval_sets(uris: list[str], embedder: CopyEmbedder, cfg: DedupConfig) -> tuple[list[str], np.ndarray, int]:
     ids, descs, batch, skipped = [], [], [], 0
-    min_side = max(64, int(getattr(embedder, "min_side", 64)))
+    min_side, full = decode_options(cfg, embedder)
 
     def flush() -> None:
         if batch:
@@ -149,7 +201,7 @@ def _embed_eval_sets(uris: list[str], embedder: CopyEmbedder, cfg: DedupConfig) 
 
     for uri in uris:
         for image_id, data in iter_eval_images(uri):
-            img, _ = decode_rgb(data, min_side)
+            img = decode_working(data, min_side, full)[1]
             if img is None:
                 skipped += 1
                 continue
@@ -160,7 +212,7 @@ def _embed_eval_sets(uris: list[str], embedder: CopyEmbedder, cfg: DedupConfig) 
     return ids, (np.concatenate(descs) if descs else np.zeros((0, embedder.dim), np.float32)), skipped
 
 
-def _copy_edges(stage_uri, parts, offsets, n, cfg, threshold, uf, best_sim) -> str:
+def _copy_edges(stage_uri, parts, offsets, n, cfg, threshold, uf, best_sim, embedder) -> str:
     dim = None
     train = []
     for part in parts:
@@ -171,7 +223,7 @@ def _copy_edges(stage_uri, parts, offsets, n, cfg, threshold, uf, best_sim) -> s
             train.append(d[::step].astype(np.float32))
     if not dim:
         return "none"
-    index = build_index(dim, n, cfg, np.concatenate(train) if train else None)
+    index = grey_aware(build_index(dim, n, cfg, np.concatenate(train) if train else None), embedder)
     for part in parts:
         index.add(np.ascontiguousarray(read_part(stage_uri, part)[2], dtype=np.float32))
     for p, part in enumerate(parts):
@@ -199,19 +251,25 @@ def _centrality(stage_uri, parts, pool, labels, valid, embedder) -> np.ndarray |
     return decide.centrality(labels, valid, chunks)
 
 
-def _eval_matches(stage_uri, parts, offsets, n, eval_desc) -> tuple[np.ndarray, np.ndarray]:
+# Evaluation images each pool image is compared with: more than one, so a grey/colour pair whose
+# score rises when rescored (knn.GreyAwareIndex) is not hidden behind a same-kind neighbour.
+EVAL_NEIGHBOURS = 8
+
+
+def _eval_matches(stage_uri, parts, offsets, n, eval_desc, embedder) -> tuple[np.ndarray, np.ndarray]:
     sim = np.full(n, -np.inf, dtype=np.float32)
     idx = np.full(n, -1, dtype=np.int64)
     if len(eval_desc) == 0:
         return sim, idx
     import faiss
 
-    index = faiss.IndexFlatIP(eval_desc.shape[1])
+    index = grey_aware(faiss.IndexFlatIP(eval_desc.shape[1]), embedder)
     index.add(np.ascontiguousarray(eval_desc, dtype=np.float32))
+    k = min(EVAL_NEIGHBOURS, len(eval_desc))
     for p, part in enumerate(parts):
         d = np.ascontiguousarray(read_part(stage_uri, part)[2], dtype=np.float32)
         if len(d):
-            s, j = index.search(d, 1)
+            s, j = index.search(d, k)
             sim[offsets[p]:offsets[p + 1]] = s[:, 0]
             idx[offsets[p]:offsets[p + 1]] = j[:, 0]
     return sim, idx
@@ -257,14 +315,14 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
     best_sim = np.full(n, -np.inf, dtype=np.float32)
     index_kind = "none"
     if embedder is not None and n:
-        index_kind = _copy_edges(stage_uri, parts, pool["offsets"], n, cfg, copy_thr, uf, best_sim)
+        index_kind = _copy_edges(stage_uri, parts, pool["offsets"], n, cfg, copy_thr, uf, best_sim, embedder)
     labels = uf.labels()
 
     central = _centrality(stage_uri, parts, pool, labels, valid, embedder) if cfg.keep == "original" else None
 
     def reps(lab: np.ndarray) -> np.ndarray:
         return decide.representatives(lab, valid, cfg.keep, pool["area"], pool["bytes"], pool["content_area"],
-                                      pool["grey"], central)
+                                      pool["grey"], central, final_labels=labels)
 
     hash_rep, rep = reps(hashed_labels), reps(labels)
     reasons = decide.removal_reasons(
@@ -278,7 +336,7 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
     cause_sim = np.full(n, np.nan, dtype=np.float32)
     if embedder is not None and cfg.eval_sets:
         eval_ids, eval_desc, eval_skipped = _embed_eval_sets(cfg.eval_sets, embedder, cfg)
-        esim, eidx = _eval_matches(stage_uri, parts, pool["offsets"], n, eval_desc)
+        esim, eidx = _eval_matches(stage_uri, parts, pool["offsets"], n, eval_desc, embedder)
         dropped, cause, cause_sim = decide.contaminated_components(labels, valid, esim, eidx, eval_thr)
         reasons[dropped] = decide.EVAL_SET
 
@@ -299,7 +357,7 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
         descs = (np.concatenate([read_part(stage_uri, p)[2] for p in parts]) if parts and dim
                  else np.zeros((n, 0), np.float32))
         found = match_previous(np.array([r is None for r in reasons], dtype=bool), pool["sha"], pool["codes"],
-                               descs, index, cfg, hash_reason(cfg), copy_thr)
+                               descs, index, cfg, hash_reason(cfg), copy_thr, embedder)
         reasons[found.matched] = PREVIOUS
         earlier_rep[found.matched] = found.representative[found.matched]
         score[found.matched] = found.score[found.matched]
@@ -316,6 +374,7 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
         "hash": cfg.hash_method, "hash_bits": cfg.code_bits if cfg.hash_method != "none" else 0,
         "eval_images": len(eval_ids), "eval_images_undecodable": eval_skipped,
         "pca_digest": load_pca_hash(stage_uri).digest() if cfg.hash_method == "pca" else None,
+        "pca_source": pca_source(cfg, previous) if cfg.hash_method == "pca" else None,
         "index_parts": index_parts, "previous_version": matched or None,
     }
     return commit_stage(stage_uri, stage=STAGE, config_digest=cfg_digest, input_digest=input_digest,

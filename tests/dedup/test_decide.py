@@ -91,3 +91,22 @@ def test_keep_original_prefers_the_central_colour_unpadded_full_quality_member()
     finer = np.array([0, 0, 2, 2, 2, 5])
     fine_rep = decide.representatives(finer, valid, "original", area, nbytes, content, grey, central)
     assert fine_rep[0] == 0
+
+
+def test_keep_original_survivor_of_a_component_survives_every_finer_level():
+    # Rows 0 and 1 are hash duplicates; copy detection adds row 2. Within the hash pair both are
+    # candidates and row 1 is the more central; in the whole component row 1 has too few bytes
+    # (80 < 0.75 x 130) and row 0 wins. Candidates chosen per level left no survivor at all.
+    valid = np.ones(3, dtype=bool)
+    hashed, final = np.array([0, 0, 2]), np.array([0, 0, 0])
+    area = np.full(3, 100)
+    nbytes = np.array([100, 80, 130])
+    central = np.array([0.94, 0.95, 0.93], dtype=np.float32)
+    grey = np.zeros(3, dtype=bool)
+
+    def reps(lab):
+        return decide.representatives(lab, valid, "original", area, nbytes, area.astype(float), grey, central,
+                                      final_labels=final)
+
+    reasons = decide.removal_reasons([("pca-hash", reps(hashed)), ("copy", reps(final))], valid)
+    assert reasons.tolist() == [None, "pca-hash", "copy"]
