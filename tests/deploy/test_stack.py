@@ -1,9 +1,11 @@
 """The deployment stack without containers: PostgreSQL, a Prefect server on it, SeaweedFS and a process
 worker. `prefect deploy --all` registers every deployment, curate-lvd/cpu-tiny commits every stage into
-the bucket, and a Prefect server restart in the middle of a run loses nothing."""
+the bucket (manifests matching the commits, a stage-count table and inline pictures as artifacts), and a
+Prefect server restart in the middle of a run loses nothing."""
 from __future__ import annotations
 
 import hashlib
+import json
 import tarfile
 import time
 
@@ -77,8 +79,14 @@ def test_cpu_tiny_lands_in_s3_and_survives_a_server_restart(stack, demo, baselin
     root = demo.cfg.storage.root
     baseline = stage_outputs(root, demo.cfg.dataset, "baseline")
     assert baseline["crawl"]["counts"]["samples"] > 0 and baseline["shards"]["shards"]
-    kinds = {a["type"] for a in stack.artifacts(baseline_run)}
-    assert {"table", "markdown"} <= kinds
+    assert root.startswith("s3://")
+    crawl_uri = stage_uri(root, demo.cfg.dataset, "baseline", "crawl")
+    assert sum(read_manifest(crawl_uri).column("nsamples").to_pylist()) == baseline["crawl"]["counts"]["samples"]
+    artifacts = stack.artifacts(baseline_run)
+    counts = next(a for a in artifacts if a["type"] == "table" and a["key"].endswith("-counts"))
+    assert "samples" in json.dumps(counts["data"])
+    pictures = [a for a in artifacts if a["type"] == "markdown" and "data:image/png;base64," in (a["data"] or "")]
+    assert pictures, "the curation report publishes inline pictures"
 
     run_id = stack.run_deployment(CPU_TINY, demo.params(version="restarted"))
     _wait_for_progress(stack, run_id)

@@ -1,4 +1,4 @@
-"""A real Prefect server (SQLite under a temporary PREFECT_HOME) and process workers on 127.0.0.1."""
+"""A real Prefect server (SQLite under a temporary PREFECT_HOME) on 127.0.0.1, and the prefect CLI against it."""
 from __future__ import annotations
 
 import os
@@ -89,31 +89,3 @@ def prefect_cli(env: dict[str, str], *args: str, timeout: float = 180.0) -> str:
     if result.returncode != 0:
         raise AssertionError(f"prefect {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout
-
-
-@contextmanager
-def process_worker(env: dict[str, str], pool: str, log: Path):
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([PREFECT, "worker", "start", "--pool", pool, "--type", "process"],
-                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        yield proc
-    finally:
-        stop(proc)
-
-
-def wait_flow_run(env: dict[str, str], flow_run_id: str, timeout: float = 600.0) -> str:
-    """Poll the API until the run reaches a final state; return its state type."""
-    import json
-
-    api = env["PREFECT_API_URL"]
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=10) as resp:
-            run = json.load(resp)
-        state = (run.get("state") or {}).get("type")
-        if state in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-            return state
-        time.sleep(2)
-    raise TimeoutError(f"flow run {flow_run_id} still {state} after {timeout:.0f}s")
