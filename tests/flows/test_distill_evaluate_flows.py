@@ -25,12 +25,15 @@ def test_distill_then_evaluate_flows_publish_artifacts(prefect_backend, tmp_path
 
     ecfg = EvaluateConfig(models=[f"file://{tmp_path}/runs/student"], baselines=["pixels"],
                           datasets=[EvalSetConfig(train_size=100, test_size=50)], image_size=28,
-                          linear=dict(lrs=(0.1,), epochs=1), pca=dict(n_images=1, image_size=56), device="cpu")
+                          linear=dict(lrs=(0.1,), epochs=1), pca=dict(n_images=1, image_size=56),
+                          patch_match=dict(n_images=1, image_size=56), device="cpu")
     result = evaluate_dinov2(EvaluateFlowConfig(storage=storage, run="eval", evaluate=ecfg))
     assert [row["model"] for row in result["table"]] == ["student@step-2", "pixels:32"]
     assert "fashion-mnist/linear_top1" in str(Artifact.get("evaluate-eval-table").data)
     assert "| student@step-2 |" in Artifact.get("evaluate-eval-report").data
     assert "data:image/png;base64," in Artifact.get("evaluate-eval-pca-student-step-2").data
+    assert "data:image/png;base64," in Artifact.get("evaluate-eval-matches-student-step-2").data
+    assert "patch-pairs/patch_match_flip" in str(Artifact.get("evaluate-eval-table").data)
 
 
 @needs_fashion_mnist
