@@ -36,6 +36,7 @@ from tasks.train.checkpoint import (
 )
 from tasks.train.config import TrainConfig
 from tasks.train.data import mix_seed, open_source
+from tasks.train.flags import run_flags, warn
 from tasks.train.distributed import DistInfo, all_reduce_mean, barrier, init_distributed, shard_ssl_model, shutdown
 from tasks.train.metrics import MetricsLog, peak_memory_mb
 from tasks.train.global_batches import GlobalBatchLoader
@@ -278,6 +279,12 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
         )
         if eval_now:
             row.update(evaluate(step))
+            if step == total:  # the student too, for the teacher-lag flag
+                student_knn = run_knn(model.student["backbone"], bench, cfg, dtype)
+                row.update({f"student_{k}": v for k, v in student_knn.items() if k.startswith("knn_")})
+                if info.is_main:
+                    log(f"step {step} student: " + ", ".join(
+                        f"{k}={v:.4f}" for k, v in student_knn.items() if k.startswith("knn_")))
         if step % cfg.log_every_steps == 0 or eval_now or step == total:
             metrics.append(row)
             if info.is_main and (step % max(1, cfg.log_every_steps * 10) == 0 or step == total):
@@ -302,12 +309,26 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
     loader.close()
     summary = _summary(cfg, run_uri, metrics, knn_results, last_ckpt, info, phases)
     summary["schedules"] = plan
+    summary.update(_flags(cfg, metrics.rows, plan, summary))
+    if info.is_main:
+        warn(summary["flags"], log)
     summary.update(objective.summary(model, lambda backbone: run_knn(backbone, bench, cfg, dtype) if bench else {}))
     if info.is_main:
         metrics.flush()
         su.write_bytes_atomic(su.join(run_uri, "summary.json"), json.dumps(summary, indent=1).encode())
     barrier(info)
     return summary
+
+
+def _flags(cfg: TrainConfig, rows: list[dict], plan: dict, summary: dict) -> dict[str, Any]:
+    """The finished run's flags (:mod:`tasks.train.flags`) and what they measured."""
+    last = rows[-1] if rows else {}
+    student = {k.removeprefix("student_"): v for k, v in last.items() if k.startswith("student_knn_") and v is not None}
+    teacher = {k: v for k, v in last.items() if k.startswith("knn_") and v is not None}
+    out = run_flags(rows, cfg.monitor, plan["teacher_temp_warmup_steps"], summary["ln_k"], student, teacher)
+    if student:
+        out["student_knn"] = student
+    return out
 
 
 _FINAL_TERMS = ("dino_loss", "ibot_loss", "koleo_loss", "total_loss", "teacher_entropy", "teacher_batch_entropy",

@@ -26,8 +26,10 @@ def _cell(key: str, value) -> str:
 
 
 def comparison_markdown(table: list[dict], cfg, pictures: dict[str, str],
-                        match_pictures: dict[str, str] | None = None) -> str:
-    """The report: settings, the comparison table (percent), the PCA and patch-matching pictures."""
+                        match_pictures: dict[str, str] | None = None,
+                        training_flags: dict[str, list[dict]] | None = None) -> str:
+    """The report: settings, the comparison table (percent), the flags each trained model's run
+    recorded, the PCA and patch-matching pictures."""
     columns = [c for c in dict.fromkeys(k for row in table for k in row) if c not in ("model",)]
     head = "| model | " + " | ".join(columns) + " |"
     lines = [
@@ -45,6 +47,13 @@ def comparison_markdown(table: list[dict], cfg, pictures: dict[str, str],
     ]
     for row in table:
         lines.append(f"| {row['model']} | " + " | ".join(_cell(c, row.get(c, "")) if c in row else "" for c in columns) + " |")
+    if training_flags:
+        lines += ["", "## Training flags", ""]
+        for name, flags in training_flags.items():
+            if not flags:
+                lines.append(f"- {name}: none raised")
+            for f in flags:
+                lines.append(f"- {name}: **{f['flag']}**: {f['message']}")
     if pictures:
         lines += ["", "## Patch-feature PCA", ""]
         lines += [f"- {name}: ![{name}]({file})" for name, file in pictures.items()]

@@ -172,6 +172,26 @@ def pca_pictures(models: list[EvalModel], cfg: EvaluateConfig, device: torch.dev
     return out
 
 
+def training_flags(specs: list[str], models: list[EvalModel]) -> dict[str, list[dict]]:
+    """Model name -> the flags its training run recorded (:mod:`tasks.train.flags`), for the models
+    given as a run or checkpoint URI whose run recorded them."""
+    from tasks.release.load import find_checkpoint
+    from tasks.train.flags import read_run_flags
+
+    out = {}
+    for spec, model in zip(specs, models):
+        if model.kind != "checkpoint":
+            continue
+        try:
+            _, run_uri = find_checkpoint(spec)
+        except (FileNotFoundError, ValueError):  # an exported or official file: no training log beside it
+            continue
+        flags = read_run_flags(run_uri)
+        if flags is not None:
+            out[model.name] = flags
+    return out
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:80]
 
@@ -212,8 +232,12 @@ def evaluate(cfg: EvaluateConfig, run_uri: str, log: Callable[[str], None] = pri
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), buf)
     su.write_bytes_atomic(su.join(run_uri, "results.parquet"), buf.getvalue())
+    flags = training_flags(list(cfg.models), models)
+    for name, raised in flags.items():
+        for f in raised:
+            log(f"WARNING: {name} was flagged in training ({f['flag']}): {f['message']}")
     markdown = comparison_markdown(table, cfg, {n: su.basename(u) for n, u in picture_uris.items()},
-                                   {n: su.basename(u) for n, u in match_uris.items()})
+                                   {n: su.basename(u) for n, u in match_uris.items()}, flags)
     su.write_bytes_atomic(su.join(run_uri, "report.md"), markdown.encode())
     summary = {
         "run_uri": run_uri,
@@ -225,6 +249,7 @@ def evaluate(cfg: EvaluateConfig, run_uri: str, log: Callable[[str], None] = pri
         "report_uri": su.join(run_uri, "report.md"),
         "pictures": picture_uris,
         "match_pictures": match_uris,
+        "training_flags": flags,
         "seconds": round(time.perf_counter() - t0, 1),
     }
     su.write_bytes_atomic(su.join(run_uri, "summary.json"), json.dumps(summary, indent=1).encode())

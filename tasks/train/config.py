@@ -193,6 +193,23 @@ class EvalConfig(_Section):
     image_size: int | None = Field(None, ge=8, le=1024, description="Eval resolution (default: global crop size).")
 
 
+class MonitorConfig(_Section):
+    """Warnings raised on a finished run (in its log, summary.json and the evaluate report)."""
+
+    uniform_entropy_fraction: float = Field(
+        0.95, gt=0, le=1, description="Flag a run whose teacher targets keep an entropy above this fraction of "
+        "ln K (K prototypes) after the teacher-temperature warm-up: near-uniform targets teach nothing.",
+    )
+    teacher_lag_knn_margin: float = Field(
+        0.05, ge=0, le=1, description="Flag a run whose student ends more than this above its EMA teacher in "
+        "k-NN top-1 at k=20 (0.05: 5 points; where k-NN is monitored, the student is evaluated at the end too).",
+    )
+    teacher_lag_loss_share: float = Field(
+        0.25, gt=0, le=1, description="Where k-NN is not monitored: flag a run whose teacher EMA of the loss curve "
+        "ends above the student's end loss by more than this share of the run's loss fall.",
+    )
+
+
 class DataConfig(_Section):
     """Where the training images come from and how they are read."""
 
@@ -314,6 +331,7 @@ class TrainConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedules.")
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description="Checkpoint cadence.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="k-NN evaluation.")
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig, description="Warnings about the finished run.")
     data: DataConfig = Field(default_factory=DataConfig, description="Training data source.")
     high_res: HighResConfig = Field(
         default_factory=HighResConfig, description="High-resolution adaptation at the end of the run."
