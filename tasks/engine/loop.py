@@ -65,6 +65,12 @@ def _grad_norm(value: torch.Tensor) -> float:
     return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
 
 
+def _augmentation(objective: Objective, phase: Phase):
+    """The objective's own augmentation where it has one, else the run's multi-crop augmentation."""
+    own = getattr(objective, "augmentation", None)
+    return own(phase) if own is not None else build_augmentation(objective.cfg, phase)
+
+
 def build_knn_benchmark(cfg: TrainConfig):
     """Labelled reference/query sets for k-NN at the global crop resolution (None when disabled)."""
     if cfg.eval.knn_dataset == "none":
@@ -194,7 +200,7 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
     source = open_source(cfg.data.source, cfg.data.kind)
     loader = GlobalBatchLoader(
         source,
-        build_augmentation(cfg, phase),
+        _augmentation(objective, phase),
         build_collate(cfg),
         phase.batch_size_per_rank,
         cfg.seed,
@@ -228,7 +234,7 @@ def _run(objective: Objective, run_uri, info: DistInfo, stop_at_step, before_ste
     while step < total:
         if phase_at(phases, step) != phase:
             phase = phase_at(phases, step)
-            loader = loader.resized(build_augmentation(cfg, phase), build_collate(cfg), phase.batch_size_per_rank)
+            loader = loader.resized(_augmentation(objective, phase), build_collate(cfg), phase.batch_size_per_rank)
             if info.is_main:
                 log(f"step {step + 1}/{total}: high-resolution adaptation starts, {phase.describe()}")
         sched = schedules.at(step)

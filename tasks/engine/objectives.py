@@ -1,5 +1,6 @@
-"""What varies between pretraining and distillation: the model built, the loss of a batch, the
-files written when a run starts and the summary's extras. The loop is :mod:`tasks.engine.loop`.
+"""What varies between pretraining, distillation and copy-detector training: the model built, the
+loss of a batch, the files written when a run starts and the summary's extras (and, where an
+objective has its own, the augmentation: ``augmentation(phase)``). The loop is :mod:`tasks.engine.loop`.
 """
 
 from __future__ import annotations
@@ -8,13 +9,18 @@ from typing import Any, Protocol
 
 import torch
 
+from models.losses.koleo import KoLeoLoss
 from models.ssl import SSLMetaArch
+from tasks.copydet.config import CopyDetectorConfig
+from tasks.copydet.edits import CopyViews
+from tasks.copydet.model import CopyDetector, sscd_losses
+from tasks.copydet.train_config import copy_train_config
 from tasks.distill.config import DistillConfig
 from tasks.distill.objective import distill_losses, feature_losses
 from tasks.distill.teacher import (
     add_feature_projections, check_pair, load_teacher, move_teacher, student_train_config, uses_features,
 )
-from tasks.train.build import build_ssl
+from tasks.train.build import build_backbone, build_ssl
 from tasks.train.config import TrainConfig
 
 
@@ -102,3 +108,33 @@ class DistillObjective:
                 "student": {"arch": self.distill_cfg.student.arch,
                             "params": sum(p.numel() for p in model.student["backbone"].parameters())},
                 "teacher_knn": knn(t.backbone)}
+
+
+class CopyDetectorObjective:
+    """SSCD copy-detector training: two edited views per image, InfoNCE plus KoLeo; no teacher, no heads
+    beyond the projection (:mod:`tasks.copydet.model`)."""
+
+    name, distributed = "copy-detection", False
+
+    def __init__(self, cfg: CopyDetectorConfig) -> None:
+        self.copy_cfg = cfg
+        self.cfg = copy_train_config(cfg)
+        self.koleo = KoLeoLoss()
+
+    def build(self) -> CopyDetector:
+        return CopyDetector(build_backbone(self.cfg), self.copy_cfg.descriptor_dim)
+
+    def augmentation(self, phase) -> CopyViews:
+        return CopyViews(self.copy_cfg.image_size, self.copy_cfg.min_crop_area)
+
+    def to(self, device: torch.device) -> None:
+        pass
+
+    def losses(self, model: CopyDetector, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+        return sscd_losses(model, batch, self.copy_cfg.temperature, self.copy_cfg.entropy_weight, self.koleo)
+
+    def start_files(self) -> dict[str, bytes]:
+        return {"copy_detector.json": self.copy_cfg.model_dump_json(indent=1).encode()}
+
+    def summary(self, model: CopyDetector, knn) -> dict[str, Any]:
+        return {"descriptor_dim": self.copy_cfg.descriptor_dim, "arch": self.copy_cfg.arch}

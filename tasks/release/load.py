@@ -5,7 +5,9 @@ Accepted sources:
 * a run URI (``runs/{run}``): its newest complete checkpoint;
 * one checkpoint directory (``runs/{run}/checkpoints/step-N``);
 * an ``lvd export`` file (``.safetensors``);
-* the run's single-file backbone (``runs/{run}/backbone.pt``);
+* the run's single-file backbone (``runs/{run}/backbone.pt``), or a copy detector's file
+  (``copy_detector.pt``: the same layout plus its projection as the ``copy_head`` head and its
+  calibration in ``meta``);
 * an official DINOv2 state dict: a released backbone, or an official training checkpoint, which
   also holds the DINO/iBOT heads; or a timm DINOv2 / ViT-H state dict.
 
@@ -185,6 +187,16 @@ def is_backbone_file(payload: object) -> bool:
     return isinstance(payload, dict) and "model_config" in payload and "backbone" in payload
 
 
+def copy_head_from_state_dict(state: dict) -> nn.Module:
+    """A copy detector's projection (``tasks.copydet``): one linear layer, its sizes read off the weights."""
+    weight = state.get("weight")
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise ModelFormatError("the file's copy_head is no linear layer (expected a 2-d 'weight')")
+    head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in state)
+    head.load_state_dict(state, strict=True)
+    return head.eval()
+
+
 def backbone_from_file(payload: dict) -> nn.Module:
     """A backbone file's model, loaded strictly (a missing block is an error, never a shallower model)."""
     from models.official_weights import check_state_dict
@@ -217,8 +229,10 @@ def model_from_bytes(data: bytes, uri: str) -> LoadedModel:
     if is_backbone_file(payload):
         backbone = backbone_from_file(payload)
         arch = payload["model_config"].get("name", name)
-        return LoadedModel(backbone, {}, uri, f"checkpoint:{arch}:{name}", step=payload.get("step"),
-                           image_size=payload["model_config"].get("img_size"))
+        heads = {"copy_head": copy_head_from_state_dict(payload["copy_head"])} if "copy_head" in payload else {}
+        meta = {"copy_detector": payload["copy_detector"]} if "copy_detector" in payload else {}
+        return LoadedModel(backbone, heads, uri, f"checkpoint:{arch}:{name}", step=payload.get("step"),
+                           image_size=payload["model_config"].get("img_size"), meta=meta)
     backbone, model_id = backbone_from_state_dict(payload) if isinstance(payload, dict) else (None, "")
     if backbone is None:
         found = f"a dict with keys {sorted(map(str, payload))[:8]}" if isinstance(payload, dict) else \

@@ -1,0 +1,1 @@
+"""A copy detector lvd trains itself (SSCD recipe): config, edit family, model, calibration, run."""
