@@ -76,6 +76,13 @@ class DedupConfig(BaseModel):
         None, gt=0.0, lt=1.0,
         description="Cosine above which a pool image copies an evaluation image; None: the model's (SSCD 0.45).",
     )
+    mirror: bool = Field(
+        True,
+        description=(
+            "Score a pair by the better of the image and its mirror image (copy models that can mirror "
+            "their descriptors: builtin:dct), so flipped copies match."
+        ),
+    )
     knn_k: int = Field(64, ge=1, le=2048, description="Neighbours per image in the copy-detection k-NN graph.")
     flat_max: int = Field(
         200_000, ge=1, le=100_000_000, description="Pools up to this size use an exact flat index; larger ones IVF."

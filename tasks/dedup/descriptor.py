@@ -15,7 +15,10 @@ A grey image (``decode.is_grey``) has no colour layout: its colour part is zero.
 a colour image is then at most ``1 / sqrt(1 + COLOUR_WEIGHT**2)`` (0.944), below the thresholds a
 copy must pass, so the embedder names its colour dimensions (``colour_dims``) and that cap
 (``grey_pair_cap``): :class:`tasks.dedup.knn.GreyAwareIndex` divides the scores of grey/colour
-pairs by the cap, which makes them exactly the luminance cosine.
+pairs by the cap, which makes them exactly the luminance cosine. A mirrored image's descriptor is
+a signed permutation of the original's (:meth:`DctColourEmbedder.mirror`), so
+:class:`tasks.dedup.knn.MirrorAwareIndex` scores a pair by the better of the image and its mirror
+from the stored descriptors.
 """
 
 from __future__ import annotations
@@ -62,6 +65,14 @@ class DctColourEmbedder:
         self._coeffs, self._weights = _lowest_frequencies(DCT_BLOCK, DCT_COEFFS)
         self.dim = DCT_COEFFS + 2 * COLOUR_GRID * COLOUR_GRID
         self.colour_dims = (DCT_COEFFS, self.dim)
+        # The mirror image's descriptor, as a signed permutation of this one: a horizontal flip
+        # multiplies DCT coefficient (u, v) by (-1)^v and reverses the colour grid's columns.
+        v = (self._coeffs % DCT_BLOCK).astype(np.int64)
+        grid = np.arange(COLOUR_GRID * COLOUR_GRID).reshape(COLOUR_GRID, COLOUR_GRID)[:, ::-1].ravel()
+        self._mirror_perm = np.concatenate([np.arange(DCT_COEFFS), DCT_COEFFS + grid,
+                                            DCT_COEFFS + COLOUR_GRID * COLOUR_GRID + grid])
+        self._mirror_sign = np.concatenate([np.where(v % 2, -1.0, 1.0), np.ones(2 * COLOUR_GRID * COLOUR_GRID)]
+                                           ).astype(np.float32)
         self.grey_pair_cap = float(1.0 / np.sqrt(1.0 + COLOUR_WEIGHT ** 2))
         self.checksum = hashlib.sha256(
             f"{self.model_id}:{DCT_BLOCK}:{COLOUR_GRID}:{COLOUR_WEIGHT}:grey-zero".encode()
@@ -76,6 +87,12 @@ class DctColourEmbedder:
                            else self._colour_layout(img) for img in images])
         desc = np.concatenate([_unit(luma), COLOUR_WEIGHT * _unit(colour)], axis=1)
         return _unit(desc).astype(np.float32)
+
+    def mirror(self, desc: np.ndarray) -> np.ndarray:
+        """Descriptors of the mirrored images, computed from the descriptors alone (an orthogonal map
+        that is its own inverse), so mirror-aware search needs no second pass over the images."""
+        desc = np.asarray(desc)
+        return (desc[:, self._mirror_perm] * self._mirror_sign).astype(desc.dtype, copy=False)
 
     @staticmethod
     def _colour_layout(img: Image.Image) -> np.ndarray:

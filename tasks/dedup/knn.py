@@ -101,6 +101,56 @@ def grey_aware(index, embedder):
     return index if dims is None or cap is None else GreyAwareIndex(index, tuple(dims), cap)
 
 
+class MirrorAwareIndex:
+    """An index that scores each pair by the better of the query and its mirror image.
+
+    ``mirror`` maps descriptors to their mirrored images' descriptors (an orthogonal involution,
+    so ``q . mirror(x) == mirror(q) . x``): each search runs twice, with ``q`` and ``mirror(q)``,
+    and keeps per neighbour the higher score. No second descriptor is stored.
+    """
+
+    def __init__(self, index, mirror) -> None:
+        self.index = index
+        self.mirror = mirror
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    def add(self, x: np.ndarray) -> None:
+        self.index.add(x)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = np.ascontiguousarray(q, dtype=np.float32)
+        s1, n1 = self.index.search(q, k)
+        s2, n2 = self.index.search(np.ascontiguousarray(self.mirror(q), dtype=np.float32), k)
+        return merge_neighbours(np.concatenate([s1, s2], axis=1), np.concatenate([n1, n2], axis=1), k)
+
+
+def merge_neighbours(sims: np.ndarray, nbrs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the ``k`` best distinct neighbours (each at its best score) of a list with repeats;
+    missing slots are ``(-inf, -1)``."""
+    sims = np.where(nbrs >= 0, sims, -np.inf)
+    by_id = np.lexsort((-sims, nbrs), axis=-1)
+    ids = np.take_along_axis(nbrs, by_id, 1)
+    best = np.take_along_axis(sims, by_id, 1)
+    repeat = np.zeros_like(ids, dtype=bool)
+    repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
+    best = np.where(repeat | (ids < 0), -np.inf, best)
+    order = np.argsort(-best, axis=1, kind="stable")[:, :k]
+    best, ids = np.take_along_axis(best, order, 1), np.take_along_axis(ids, order, 1)
+    return best, np.where(np.isfinite(best), ids, -1)
+
+
+def copy_index(index, embedder, cfg: DedupConfig):
+    """``index`` as copy detection searches it: grey-aware (:func:`grey_aware`) and, with
+    ``cfg.mirror`` and an embedder that can mirror its descriptors, mirror-aware."""
+    index = grey_aware(index, embedder)
+    if cfg.mirror and callable(getattr(embedder, "mirror", None)):
+        index = MirrorAwareIndex(index, embedder.mirror)
+    return index
+
+
 def threshold_edges(
     index: faiss.Index, queries: np.ndarray, offset: int, k: int, threshold: float, batch: int = 8192
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:

@@ -24,7 +24,7 @@ from storage.tables import read_table, write_table
 from storage.uri import join, read_bytes
 from tasks.dedup.config import DedupConfig
 from tasks.dedup.hamming import hamming_neighbour_pairs, popcount_distance
-from tasks.dedup.knn import build_index, grey_aware
+from tasks.dedup.knn import build_index, copy_index
 from tasks.dedup.parts import load_npy, part_uri, save_npy
 from tasks.dedup.unionfind import UnionFind
 
@@ -142,8 +142,8 @@ def match_previous(candidates: np.ndarray, sha: np.ndarray, codes: np.ndarray, d
         if len(rows):
             m = len(previous)
             step = max(1, m // cfg.ivf_train_samples)
-            index = grey_aware(build_index(descs.shape[1], m, cfg, previous.descs[::step] if m > cfg.flat_max else None),
-                               embedder)
+            index = copy_index(build_index(descs.shape[1], m, cfg, previous.descs[::step] if m > cfg.flat_max else None),
+                               embedder, cfg)
             index.add(np.ascontiguousarray(previous.descs, dtype=np.float32))
             sims, nbrs = index.search(np.ascontiguousarray(descs[rows], dtype=np.float32), 1)
             hit = (nbrs[:, 0] >= 0) & (sims[:, 0] > copy_threshold)

@@ -36,7 +36,7 @@ from tasks.dedup.decode import decode_working, trim_uniform_border
 from tasks.dedup.embedder import CopyEmbedder, check_embedder, thresholds
 from tasks.dedup.evalsets import iter_eval_images
 from tasks.dedup.hamming import hamming_neighbour_pairs, popcount_distance
-from tasks.dedup.knn import build_index, grey_aware, index_description, threshold_edges
+from tasks.dedup.knn import build_index, copy_index, index_description, threshold_edges
 from tasks.dedup.parts import PCA_FILE, decode_options, dedup_shard_part, load_pca_hash, part_name, read_part
 from tasks.dedup.pca_hash import PcaHash, fit_pca_hash
 from tasks.dedup.previous import PREVIOUS, load_previous, match_previous, read_index_manifest, write_index_manifest
@@ -223,7 +223,7 @@ def _copy_edges(stage_uri, parts, offsets, n, cfg, threshold, uf, best_sim, embe
             train.append(d[::step].astype(np.float32))
     if not dim:
         return "none"
-    index = grey_aware(build_index(dim, n, cfg, np.concatenate(train) if train else None), embedder)
+    index = copy_index(build_index(dim, n, cfg, np.concatenate(train) if train else None), embedder, cfg)
     for part in parts:
         index.add(np.ascontiguousarray(read_part(stage_uri, part)[2], dtype=np.float32))
     for p, part in enumerate(parts):
@@ -256,14 +256,14 @@ def _centrality(stage_uri, parts, pool, labels, valid, embedder) -> np.ndarray |
 EVAL_NEIGHBOURS = 8
 
 
-def _eval_matches(stage_uri, parts, offsets, n, eval_desc, embedder) -> tuple[np.ndarray, np.ndarray]:
+def _eval_matches(stage_uri, parts, offsets, n, eval_desc, embedder, cfg) -> tuple[np.ndarray, np.ndarray]:
     sim = np.full(n, -np.inf, dtype=np.float32)
     idx = np.full(n, -1, dtype=np.int64)
     if len(eval_desc) == 0:
         return sim, idx
     import faiss
 
-    index = grey_aware(faiss.IndexFlatIP(eval_desc.shape[1]), embedder)
+    index = copy_index(faiss.IndexFlatIP(eval_desc.shape[1]), embedder, cfg)
     index.add(np.ascontiguousarray(eval_desc, dtype=np.float32))
     k = min(EVAL_NEIGHBOURS, len(eval_desc))
     for p, part in enumerate(parts):
@@ -336,7 +336,7 @@ def dedup_finalize(crawl_stage_uri: str, stage_uri: str, cfg: DedupConfig, embed
     cause_sim = np.full(n, np.nan, dtype=np.float32)
     if embedder is not None and cfg.eval_sets:
         eval_ids, eval_desc, eval_skipped = _embed_eval_sets(cfg.eval_sets, embedder, cfg)
-        esim, eidx = _eval_matches(stage_uri, parts, pool["offsets"], n, eval_desc, embedder)
+        esim, eidx = _eval_matches(stage_uri, parts, pool["offsets"], n, eval_desc, embedder, cfg)
         dropped, cause, cause_sim = decide.contaminated_components(labels, valid, esim, eidx, eval_thr)
         reasons[dropped] = decide.EVAL_SET
 

@@ -1,3 +1,4 @@
+import faiss
 import numpy as np
 
 from tasks.dedup.config import DedupConfig
@@ -45,3 +46,43 @@ def test_ivf_index_above_flat_max_finds_the_planted_groups():
     ref = knn_edges_bruteforce(x, 3, 0.8)
     found = _edges(index8, x, 3, 0.8)
     assert len(found & ref) / len(ref) > 0.97
+
+
+def test_mirror_aware_search_equals_the_better_of_both_orientations_by_brute_force():
+    from PIL import Image
+
+    from tasks.dedup.decode import trim_uniform_border
+    from tasks.dedup.descriptor import DctColourEmbedder
+    from tasks.dedup.knn import MirrorAwareIndex
+    from tests.dedup.photos import photos
+
+    emb = DctColourEmbedder()
+    imgs = [trim_uniform_border(img.resize((256, max(1, round(256 * img.height / img.width))))) for _, img in photos()]
+    x = emb(imgs)
+    flipped = emb([img.transpose(Image.FLIP_LEFT_RIGHT) for img in imgs])
+    # The mirror of a descriptor is the descriptor of the mirrored image.
+    assert np.einsum("ij,ij->i", emb.mirror(x), flipped).min() > 0.999
+    np.testing.assert_allclose(emb.mirror(emb.mirror(x)), x)
+    index = MirrorAwareIndex(faiss.IndexFlatIP(emb.dim), emb.mirror)
+    index.add(x)
+    k = 5
+    sims, nbrs = index.search(flipped, k)
+    ref = np.maximum(flipped @ x.T, emb.mirror(flipped) @ x.T)
+    ref_order = np.argsort(-ref, axis=1, kind="stable")[:, :k]
+    np.testing.assert_allclose(sims, np.take_along_axis(ref, ref_order, 1), atol=1e-5)
+    assert (nbrs[:, 0] == np.arange(len(imgs))).all() and sims[:, 0].min() > 0.999
+    assert all(len(set(row)) == k for row in nbrs.tolist())
+    plain = faiss.IndexFlatIP(emb.dim)
+    plain.add(x)
+    assert np.median(plain.search(flipped, 1)[0][:, 0]) < 0.6  # a plain index misses flips
+
+
+def test_merge_neighbours_keeps_each_id_once_at_its_best_score():
+    from tasks.dedup.knn import merge_neighbours
+
+    sims = np.array([[0.9, 0.5, 0.4, 0.95, 0.5, 0.1], [0.3, -1.0, -1.0, 0.2, 0.3, -1.0]], dtype=np.float32)
+    nbrs = np.array([[1, 2, 3, 2, 1, 7], [4, -1, -1, 4, 5, -1]])
+    s, n = merge_neighbours(sims, nbrs, 3)
+    assert n.tolist() == [[2, 1, 3], [4, 5, -1]]
+    np.testing.assert_allclose(s[0], [0.95, 0.9, 0.4])
+    assert s[1, 2] == -np.inf

@@ -8,7 +8,7 @@ from tasks.dedup.quality import evaluate_methods, metrics_markdown
 
 @pytest.mark.slow
 def test_detectors_meet_their_floors_per_edit(tmp_path):
-    items = planted_pool(edits=("exact", "reencode", "resize", "colour", "text", "emoji", "crop", "pad"), seed=0)
+    items = planted_pool(edits=("exact", "reencode", "resize", "colour", "text", "emoji", "crop", "pad", "flip"), seed=0)
     crawl = str(tmp_path / "crawl")
     write_crawl_stage(crawl, items, shard_size=150)
     res = evaluate_methods(crawl, str(tmp_path), items)
@@ -41,6 +41,10 @@ def test_detectors_meet_their_floors_per_edit(tmp_path):
     check("copy (builtin:dct)", "text", 0.97, 0.85)
     check("copy (builtin:dct)", "emoji", 0.97, 0.7)
     check("copy (builtin:dct)", "pad", 0.97, 0.85)
+    # Mirror-aware scores: a flipped copy scores as the original (recall 0 without them).
+    check("copy (builtin:dct)", "flip", 0.97, 0.95)
+    check("all (default)", "flip", 0.97, 0.95)
+    check("phash", "flip", recall=0.0)
     # Distinct photos are never merged by any detector on these edits.
     for method in res:
         assert res[method]["all"]["precision"] >= 0.97, (method, res[method]["all"])
