@@ -99,7 +99,7 @@ def run_from_cli(config: str, overrides: list[str]) -> dict:
         runs = [join(cfg.storage.root, "runs", f"{cfg.dataset}-{cfg.train.model.arch}"),
                 join(cfg.storage.root, "runs", f"{cfg.dataset}-distill-{cfg.distill.student.arch}")]
         found = [r for r in runs if exists(join(r, "config.json"))]
-        # the trained architecture at random init shows what training added (a preset may differ, e.g. LayerScale)
-        baselines = ecfg.baselines + ([f"random:{found[0]}"] if found else [])
-        ecfg = ecfg.model_copy(update={"models": found, "baselines": baselines})
+        ecfg = ecfg.model_copy(update={"models": found})
+        if found:
+            ecfg = ecfg.with_random_init_of(found[0])
     return evaluate_dinov2(EvaluateFlowConfig(storage=cfg.storage, run=f"{cfg.dataset}-eval", evaluate=ecfg))

@@ -82,7 +82,9 @@ def lvd_pipeline(cfg: PipelineConfig, overrides: list[str] = []) -> dict:
         storage=cfg.storage, run=f"{run}-distill-{distill.student.arch}", distill=distill))
     result["distill"] = {k: distilled.get(k) for k in ("run_uri", "checkpoint_uri", "final", "knn")}
 
-    evaluate = cfg.evaluate.model_copy(update={"models": [trained["run_uri"], distilled["run_uri"]]})
+    # the random-init row is the train run's own architecture, however the preset's baselines are set
+    evaluate = cfg.evaluate.model_copy(
+        update={"models": [trained["run_uri"], distilled["run_uri"]]}).with_random_init_of(trained["run_uri"])
     evaluated = evaluate_dinov2(EvaluateFlowConfig(storage=cfg.storage, run=f"{run}-eval", evaluate=evaluate))
     result["evaluate"] = {k: evaluated.get(k) for k in ("run_uri", "report_uri", "results_uri", "table")}
     result["reports"] = {"evaluation report": evaluated.get("report_uri"),

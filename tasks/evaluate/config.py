@@ -96,6 +96,15 @@ class EvaluateConfig(_Section):
     cpu_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads on CPU (0: torch's default).")
     seed: int = Field(0, ge=0, description="Seed of subsets, held-out split and probe initialisation.")
 
+    def with_random_init_of(self, run_uri: str) -> "EvaluateConfig":
+        """This config with a ``random:<run_uri>`` baseline: the trained run's own architecture and
+        config (LayerScale, registers, patch size) at random init, so the random-init row shows what
+        training added (a preset may differ from the run, e.g. in LayerScale, and then scores at chance)."""
+        spec = f"random:{run_uri}"
+        if spec in self.baselines:
+            return self
+        return self.model_copy(update={"baselines": [*self.baselines, spec]})
+
     @model_validator(mode="after")
     def _something_to_compare(self) -> "EvaluateConfig":
         if not self.models and not self.baselines:

@@ -35,7 +35,9 @@ def test_pipeline_bootstraps_curates_trains_and_skips_on_rerun(demo_web_dir, tmp
         embedder = load_embedder(first["backbone"], "cpu")
         assert embedder.dim == 64
         table = first["evaluate"]["table"]
-        assert len(table) >= 3, table  # trained, distilled, pixels baseline
+        assert len(table) >= 4, table  # trained, distilled, the trained run at random init, pixels baseline
+        run_name = first["train"]["run_uri"].rstrip("/").rsplit("/", 1)[1]
+        assert f"random:{run_name}@0" in [row["model"] for row in table], table
         assert first["evaluate"]["report_uri"].endswith("report.md")
         requests = server.stats()["requests"]
         second = lvd_pipeline(cfg)
